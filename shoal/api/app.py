@@ -1,0 +1,414 @@
+"""The Docker Engine API, swarm subset, as an aiohttp application.
+
+Every route answers with or without the `/v1.NN` prefix. Errors are `{"message": ...}` with the
+status Docker uses, so the docker CLI prints them as it prints Docker's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import struct
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+import shoal
+from shoal.api import filters as flt
+from shoal.errors import InvalidArgument, NotFound, ShoalError
+from shoal.manager import Manager
+from shoal.model.objects import Obj, network_resource
+
+log = logging.getLogger("shoal.api")
+
+API_VERSION = "1.47"
+MIN_API_VERSION = "1.24"
+V = r"/{_v:(?:v[0-9.]+/)?}"  # the optional version prefix
+
+manager_key = web.AppKey("manager", Manager)
+
+
+def mgr(request: web.Request) -> Manager:
+    return request.app[manager_key]
+
+
+def ok(data: Any, status: int = 200) -> web.Response:
+    # Exactly "application/json": with "; charset=utf-8" the docker CLI prints error bodies raw.
+    return web.Response(body=json.dumps(data).encode() + b"\n", status=status,
+                        headers={"Content-Type": "application/json"})
+
+
+def error(status: int, message: str) -> web.Response:
+    return ok({"message": message}, status)
+
+
+def truthy(value: str | None) -> bool:
+    """Docker's reading of a boolean query parameter (the SDK sends True/False)."""
+    return value is not None and value.lower() not in ("", "0", "no", "false", "none")
+
+
+async def body_json(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise InvalidArgument("a JSON body is required")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"malformed JSON in the request body: {exc}") from exc
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ShoalError as exc:
+        if exc.status >= 500:
+            log.error("%s %s: %s", request.method, request.path, exc)
+        return error(exc.status, str(exc))
+    except web.HTTPNotFound:
+        return error(404, f"page not found: {request.path}")
+    except web.HTTPMethodNotAllowed:
+        return error(405, f"method {request.method} not allowed on {request.path}")
+
+
+# --- system ---
+
+
+def _ping_headers() -> dict[str, str]:
+    return {"API-Version": API_VERSION, "OSType": "linux", "Docker-Experimental": "false",
+            "Swarm": "active/manager", "Cache-Control": "no-cache, no-store, must-revalidate",
+            "Pragma": "no-cache"}
+
+
+async def ping(request: web.Request) -> web.Response:
+    body = "" if request.method == "HEAD" else "OK"
+    return web.Response(text=body, headers=_ping_headers(), content_type="text/plain")
+
+
+def _version() -> Obj:
+    return {
+        "Platform": {"Name": "shoal"},
+        "Components": [{"Name": "Engine", "Version": shoal.__version__,
+                        "Details": {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+                                    "Os": "linux", "Arch": "amd64"}}],
+        "Version": shoal.__version__, "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION, "GitCommit": "", "GoVersion": "",
+        "Os": "linux", "Arch": "amd64", "KernelVersion": platform.release(),
+        "BuildTime": "",
+    }
+
+
+async def version(request: web.Request) -> web.Response:
+    return ok(_version())
+
+
+async def info(request: web.Request) -> web.Response:
+    m = mgr(request)
+    nodes = list(m.store.peek("node"))
+    tasks = list(m.store.peek("task"))
+    me = next((n for n in nodes if n["Spec"]["Role"] == "manager"
+               and n.get("ManagerStatus", {}).get("Leader")), None)
+    running = sum(1 for t in tasks if t["Status"]["State"] == "running")
+    managers = [n for n in nodes if n["Spec"]["Role"] == "manager"]
+    return ok({
+        "ID": m.cluster["ID"], "Containers": len(tasks), "ContainersRunning": running,
+        "ContainersPaused": 0, "ContainersStopped": len(tasks) - running, "Images": 0,
+        "Driver": "shoal", "DriverStatus": [], "Plugins": {"Volume": [], "Network": ["overlay"],
+                                                           "Authorization": None, "Log": []},
+        "MemoryLimit": False, "SwapLimit": False, "CpuCfsPeriod": False, "CpuCfsQuota": False,
+        "CPUShares": False, "CPUSet": False, "PidsLimit": False, "IPv4Forwarding": True,
+        "Debug": False, "NFd": 0, "OomKillDisable": False, "NGoroutines": 0,
+        "SystemTime": m.cluster["UpdatedAt"], "LoggingDriver": "json-file",
+        "CgroupDriver": "none", "CgroupVersion": "2", "NEventsListener": 0,
+        "KernelVersion": platform.release(), "OperatingSystem": "shoal",
+        "OSVersion": "", "OSType": "linux", "Architecture": platform.machine(),
+        "IndexServerAddress": "", "RegistryConfig": None, "NCPU": os.cpu_count() or 1,
+        "MemTotal": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "GenericResources": None, "DockerRootDir": "", "HttpProxy": "", "HttpsProxy": "",
+        "NoProxy": "", "Name": me["Description"]["Hostname"] if me else "shoal",
+        "Labels": [], "ExperimentalBuild": False, "ServerVersion": shoal.__version__,
+        "Runtimes": {}, "DefaultRuntime": "", "LiveRestoreEnabled": False,
+        "Isolation": "", "InitBinary": "", "SecurityOptions": [], "Warnings": None,
+        "Swarm": {
+            "NodeID": me["ID"] if me else "", "NodeAddr": me["Status"]["Addr"] if me else "",
+            "LocalNodeState": "active", "ControlAvailable": True, "Error": "",
+            "RemoteManagers": [{"NodeID": n["ID"], "Addr": n["ManagerStatus"]["Addr"]}
+                               for n in managers if "ManagerStatus" in n],
+            "Nodes": len(nodes), "Managers": len(managers), "Cluster": m.cluster,
+        },
+    })
+
+
+async def swarm_inspect(request: web.Request) -> web.Response:
+    cluster = dict(mgr(request).cluster)
+    cluster["JoinTokens"] = {"Worker": "", "Manager": ""}
+    return ok(cluster)
+
+
+async def distribution(request: web.Request) -> web.Response:
+    # shoal runs no images, so there is no registry to resolve a digest from; the docker CLI
+    # prints a warning and goes on with the tag it was given.
+    raise NotFound(f"image {request.match_info['name']}: shoal resolves no image digests")
+
+
+# --- nodes ---
+
+
+async def node_list(request: web.Request) -> web.Response:
+    f = flt.parse(request.query.get("filters"),
+                  ("id", "name", "role", "membership", "label", "node.label"))
+    out = [n for n in mgr(request).store.list("node")
+           if flt.match(f, "id", lambda v, n=n: n["ID"].startswith(v))
+           and flt.match(f, "name", lambda v, n=n: n["Description"]["Hostname"] == v)
+           and flt.match(f, "role", lambda v, n=n: n["Spec"]["Role"] == v)
+           and flt.match(f, "membership", lambda v: v == "accepted")
+           and flt.labels_match(f.get("node.label", set()), n["Spec"].get("Labels") or {})]
+    return ok(sorted(out, key=lambda n: n["Description"]["Hostname"]))
+
+
+async def node_inspect(request: web.Request) -> web.Response:
+    return ok(mgr(request).control.find("node", request.match_info["id"]))
+
+
+# --- networks ---
+
+
+async def network_list(request: web.Request) -> web.Response:
+    f = flt.parse(request.query.get("filters"),
+                  ("id", "name", "driver", "scope", "type", "label", "dangling"))
+    out = []
+    for net in mgr(request).store.list("network"):
+        res = network_resource(net)
+        if flt.match(f, "id", lambda v, r=res: r["Id"].startswith(v)) \
+                and flt.match(f, "name", lambda v, r=res: v in r["Name"]) \
+                and flt.match(f, "driver", lambda v: v == "overlay") \
+                and flt.match(f, "scope", lambda v: v == "swarm") \
+                and flt.match(f, "type", lambda v: v == "custom") \
+                and flt.labels_match(f.get("label", set()), res["Labels"]):
+            out.append(res)
+    return ok(sorted(out, key=lambda r: r["Name"]))
+
+
+async def network_inspect(request: web.Request) -> web.Response:
+    return ok(network_resource(mgr(request).control.find("network", request.match_info["id"])))
+
+
+async def network_create(request: web.Request) -> web.Response:
+    net = mgr(request).control.create_network(await body_json(request))
+    return ok({"Id": net["ID"], "Warning": ""}, status=201)
+
+
+async def network_remove(request: web.Request) -> web.Response:
+    mgr(request).control.remove_network(request.match_info["id"])
+    return web.Response(status=204)
+
+
+# --- services ---
+
+
+def _service_status(m: Manager, svc: Obj, counts: Counter[tuple[str, str]]) -> Obj:
+    mode = svc["Spec"]["Mode"]
+    if "Replicated" in mode:
+        desired = mode["Replicated"]["Replicas"]
+    else:
+        desired = sum(1 for n in m.store.peek("node") if n["Status"]["State"] == "ready")
+    return {"RunningTasks": counts[(svc["ID"], "running")], "DesiredTasks": desired,
+            "CompletedTasks": counts[(svc["ID"], "complete")]}
+
+
+async def service_list(request: web.Request) -> web.Response:
+    m = mgr(request)
+    f = flt.parse(request.query.get("filters"), ("id", "name", "label", "mode"))
+    counts: Counter[tuple[str, str]] = Counter()
+    if truthy(request.query.get("status")):
+        for task in m.store.peek("task"):
+            if task["DesiredState"] == "running":
+                counts[(task["ServiceID"], task["Status"]["State"])] += 1
+    out = []
+    for svc in m.store.list("service"):
+        spec = svc["Spec"]
+        if not (flt.match(f, "id", lambda v, s=svc: s["ID"].startswith(v))
+                and flt.match(f, "name", lambda v, s=spec: s["Name"].startswith(v))
+                and flt.match(f, "mode", lambda v, s=spec: v.capitalize() in s["Mode"])
+                and flt.labels_match(f.get("label", set()), spec.get("Labels") or {})):
+            continue
+        if truthy(request.query.get("status")):
+            svc["ServiceStatus"] = _service_status(m, svc, counts)
+        out.append(svc)
+    return ok(sorted(out, key=lambda s: s["Spec"]["Name"]))
+
+
+async def service_inspect(request: web.Request) -> web.Response:
+    return ok(mgr(request).control.find("service", request.match_info["id"]))
+
+
+async def service_create(request: web.Request) -> web.Response:
+    svc = mgr(request).control.create_service(await body_json(request))
+    return ok({"ID": svc["ID"], "Warnings": None}, status=201)
+
+
+async def service_update(request: web.Request) -> web.Response:
+    m = mgr(request)
+    m.control.update_service(request.match_info["id"], request.query.get("version"),
+                             await body_json(request))
+    return ok({"Warnings": None})
+
+
+async def service_remove(request: web.Request) -> web.Response:
+    mgr(request).control.remove_service(request.match_info["id"])
+    return web.Response(status=200)
+
+
+# --- tasks ---
+
+
+def _task_filter(m: Manager, f: flt.Filters) -> list[Obj]:
+    services = {s["ID"]: s for s in m.store.peek("service")}
+
+    def service_ids(refs: set[str]) -> set[str]:
+        out = set()
+        for ref in refs:
+            try:
+                out.add(m.control.find("service", ref)["ID"])
+            except ShoalError:
+                continue
+        return out
+
+    def node_ids(refs: set[str]) -> set[str]:
+        out = set()
+        for ref in refs:
+            try:
+                out.add(m.control.find("node", ref)["ID"])
+            except ShoalError:
+                continue
+        return out
+
+    want_services = service_ids(f["service"]) if "service" in f else None
+    want_nodes = node_ids(f["node"]) if "node" in f else None
+    out = []
+    for task in m.store.list("task"):
+        svc = services.get(task["ServiceID"])
+        name = f"{svc['Spec']['Name']}.{task.get('Slot') or task.get('NodeID')}" if svc else ""
+        if want_services is not None and task["ServiceID"] not in want_services:
+            continue
+        if want_nodes is not None and task.get("NodeID") not in want_nodes:
+            continue
+        if not (flt.match(f, "id", lambda v, t=task: t["ID"].startswith(v))
+                and flt.match(f, "name", lambda v, n=name: n.startswith(v))
+                and flt.match(f, "desired-state", lambda v, t=task: t["DesiredState"] == v
+                              or (v == "shutdown" and t["DesiredState"] == "remove"))
+                and flt.labels_match(f.get("label", set()), task.get("Labels") or {})):
+            continue
+        if "_up-to-date" in f and svc is not None \
+                and task["Spec"] != svc["Spec"]["TaskTemplate"]:
+            continue
+        out.append(task)
+    return out
+
+
+async def task_list(request: web.Request) -> web.Response:
+    m = mgr(request)
+    f = flt.parse(request.query.get("filters"), ("id", "name", "service", "node", "label",
+                                                  "desired-state", "_up-to-date", "runtime"))
+    bad = f.get("desired-state", set()) - {"running", "shutdown", "accepted"}
+    if bad:
+        raise InvalidArgument(f"invalid filter 'desired-state={sorted(bad)[0]}'")
+    return ok(_task_filter(m, f))
+
+
+async def task_inspect(request: web.Request) -> web.Response:
+    return ok(mgr(request).control.find("task", request.match_info["id"]))
+
+
+# --- logs ---
+
+
+def _frame(stream: int, data: bytes) -> bytes:
+    """Docker's multiplexed stream: 1 byte stream id, 3 zero bytes, 4 bytes big-endian size."""
+    return struct.pack(">BxxxL", stream, len(data)) + data
+
+
+async def _logs(request: web.Request, tasks: list[Obj]) -> web.StreamResponse:
+    m = mgr(request)
+    q = request.query
+    tail = q.get("tail", "all")
+    try:
+        tail_n = None if tail in ("all", "") else int(tail)
+    except ValueError as exc:
+        raise InvalidArgument(f"invalid tail {tail!r}") from exc
+    details = truthy(q.get("details"))
+    timestamps = truthy(q.get("timestamps"))
+    streams = {1: truthy(q.get("stdout")), 2: truthy(q.get("stderr"))}
+    by_node: dict[str, list[Obj]] = {}
+    for task in tasks:
+        if task.get("NodeID"):
+            by_node.setdefault(task["NodeID"], []).append(task)
+    resp = web.StreamResponse(headers={"Content-Type": "application/vnd.docker.multiplexed-stream"})
+    await resp.prepare(request)
+    for node_id, node_tasks in by_node.items():
+        try:
+            reply = await m.dispatcher.ask(node_id, {"op": "logs", "tail": tail_n,
+                                                     "tasks": [t["ID"] for t in node_tasks]})
+        except (ConnectionError, TimeoutError) as exc:
+            log.info("logs from node %s: %s", node_id, exc)
+            continue
+        for task in node_tasks:
+            for ts, stream, line in reply.get(task["ID"], []):
+                prefix = ""
+                if timestamps:
+                    prefix += ts + " "
+                if details:
+                    prefix += (f"com.docker.swarm.node.id={node_id},"
+                               f"com.docker.swarm.service.id={task['ServiceID']},"
+                               f"com.docker.swarm.task.id={task['ID']} ")
+                stream_id = 1 if stream == "stdout" else 2
+                if streams[stream_id]:
+                    # One line per frame: the docker CLI parses each frame as one line.
+                    await resp.write(_frame(stream_id, (prefix + line).encode()))
+    await resp.write_eof()
+    return resp
+
+
+async def service_logs(request: web.Request) -> web.StreamResponse:
+    m = mgr(request)
+    svc = m.control.find("service", request.match_info["id"])
+    tasks = sorted((t for t in m.store.list("task") if t["ServiceID"] == svc["ID"]),
+                   key=lambda t: (t.get("Slot", 0), t["CreatedAt"]))
+    return await _logs(request, tasks)
+
+
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    return await _logs(request, [mgr(request).control.find("task", request.match_info["id"])])
+
+
+def make_app(manager: Manager) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=16 << 20)
+    app[manager_key] = manager
+    r = app.router
+    r.add_route("HEAD", V + "_ping", ping)
+    r.add_get(V + "_ping", ping, allow_head=False)
+    r.add_get(V + "version", version)
+    r.add_get(V + "info", info)
+    r.add_get(V + "swarm", swarm_inspect)
+    r.add_get(V + "distribution/{name:.+}/json", distribution)
+    r.add_get(V + "nodes", node_list)
+    r.add_get(V + "nodes/{id}", node_inspect)
+    r.add_get(V + "networks", network_list)
+    r.add_post(V + "networks/create", network_create)
+    r.add_get(V + "networks/{id}", network_inspect)
+    r.add_delete(V + "networks/{id}", network_remove)
+    r.add_get(V + "services", service_list)
+    r.add_post(V + "services/create", service_create)
+    r.add_get(V + "services/{id}", service_inspect)
+    r.add_post(V + "services/{id}/update", service_update)
+    r.add_delete(V + "services/{id}", service_remove)
+    r.add_get(V + "services/{id}/logs", service_logs)
+    r.add_get(V + "tasks", task_list)
+    r.add_get(V + "tasks/{id}", task_inspect)
+    r.add_get(V + "tasks/{id}/logs", task_logs)
+    r.add_get("/shoal/v1/session", manager.dispatcher.handle)
+    return app
+

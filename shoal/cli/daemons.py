@@ -1,0 +1,66 @@
+"""The long-running processes: `shoal manager` and `shoal agent`.
+
+The manager serves the Docker API on a unix socket (for local clients: the docker CLI, the SDK,
+shoal's own CLI) and on TCP (for agents). The agent runs in the node's network namespace and
+never imports manager code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+log = logging.getLogger("shoal")
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_manager(state_dir: str, socket_path: str, listen: str) -> None:
+    from shoal.api.app import make_app
+    from shoal.manager import Manager
+    from shoal.store import SQLiteStore
+
+    store = SQLiteStore(Path(state_dir) / "store.db")
+    manager = Manager(store, listen)
+    app = make_app(manager)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    Path(socket_path).parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)  # a stale socket from a killed manager
+    await web.UnixSite(runner, socket_path).start()
+    os.chmod(socket_path, 0o660)
+    host, _, port = listen.rpartition(":")
+    await web.TCPSite(runner, host, int(port), reuse_address=True).start()
+    log.info("manager up: unix://%s and %s", socket_path, listen)
+    loop_task = asyncio.create_task(manager.run())
+    try:
+        await _until_signalled()
+    finally:
+        loop_task.cancel()
+        await runner.cleanup()
+        store.close()
+
+
+async def run_agent(manager: str, hostname: str, addr: str, state_dir: str,
+                    ns_prefix: str) -> None:
+    from shoal.agent import Agent
+
+    agent = Agent(manager, hostname, addr, state_dir, ns_prefix)
+    task = asyncio.create_task(agent.run())
+    await _until_signalled()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,135 @@
+"""Overlay networks on this node: per network a bridge and a VXLAN device (a port of it), and
+the VXLAN device's static FDB and neighbour entries. Learning is off and there is no all-zeros
+FDB entry, so the VXLAN device floods nothing: unknown MACs are dropped, and ARP requests for
+remote tasks are answered locally by the device's proxy from the neighbour table."""
+
+from __future__ import annotations
+
+from shoal.dataplane import names
+from shoal.dataplane.links import NUD_PERMANENT, Link, Netlink
+from shoal.dataplane.plan import fdb_by_vni, neigh_by_vni, plan_fdb, plan_networks
+from shoal.errors import KernelError
+from shoal.model.view import NodeView
+
+
+def _ours(links: dict[str, Link], prefix: str, kind: str) -> dict[int, Link]:
+    out = {}
+    for link in links.values():
+        vni = names.vni_of(link.name, prefix)
+        if vni is not None and link.kind == kind:
+            out[vni] = link
+    return out
+
+
+def sync_networks(nl: Netlink, view: NodeView, node_id: str, local_addr: str, mtu: int) -> None:
+    wanted = plan_networks(view)
+    links = nl.links()
+    bridges = _ours(links, names.BRIDGE_PREFIX, "bridge")
+    vxlans = _ours(links, names.VXLAN_PREFIX, "vxlan")
+
+    # Networks that went away first: a VNI can then move to a new device without EEXIST.
+    for vni, link in vxlans.items():
+        if vni not in wanted:
+            nl.del_link(link)
+    for vni, link in bridges.items():
+        if vni not in wanted:
+            nl.del_link(link)
+
+    devices: dict[int, Link] = {}
+    for vni in sorted(wanted):
+        bridge = _ensure_bridge(nl, links, vni, mtu)
+        devices[vni] = _ensure_vxlan(nl, links, vni, local_addr, mtu, bridge)
+
+    entries = plan_fdb(view, node_id)
+    _sync_fdb(nl, devices, fdb_by_vni(entries))
+    _sync_neighbours(nl, devices, neigh_by_vni(entries))
+
+
+def _ensure_bridge(nl: Netlink, links: dict[str, Link], vni: int, mtu: int) -> Link:
+    name = names.bridge_name(vni)
+    link = links.get(name)
+    if link is not None and link.kind != "bridge":
+        nl.del_link(link)
+        link = None
+    if link is None:
+        nl.add_bridge(name, mtu)
+        return _must(nl, name)
+    if link.mtu != mtu or not link.up:
+        nl.set_link(link, mtu=mtu, state="up")
+    return link
+
+
+def _ensure_vxlan(nl: Netlink, links: dict[str, Link], vni: int, local: str, mtu: int,
+                  bridge: Link) -> Link:
+    name = names.vxlan_name(vni)
+    link = links.get(name)
+    want = {"id": vni, "local": local, "port": names.VXLAN_PORT, "learning": 0, "proxy": 1}
+    if link is not None and (link.kind != "vxlan" or link.vxlan != want):
+        nl.del_link(link)  # VXLAN parameters cannot be changed in place
+        link = None
+    if link is None:
+        nl.add_vxlan(name, vni, local, mtu, bridge.index)
+        return _must(nl, name)
+    if link.master != bridge.index or link.mtu != mtu or not link.up:
+        nl.set_link(link, master=bridge.index, mtu=mtu, state="up")
+    return link
+
+
+def _must(nl: Netlink, name: str) -> Link:
+    link = nl.link(name)
+    if link is None:
+        raise KernelError(f"{name} vanished right after it was created in {nl.where}")
+    return link
+
+
+def _sync_fdb(nl: Netlink, devices: dict[int, Link], wanted: dict[int, dict[str, str]]) -> None:
+    by_index = {dev.index: vni for vni, dev in devices.items()}
+    have: dict[int, dict[str, tuple[str | None, int]]] = {vni: {} for vni in devices}
+    for ifindex, mac, dst, state in nl.fdb():
+        vni = by_index.get(ifindex)
+        if vni is None:
+            continue
+        want_dst = wanted.get(vni, {}).get(mac)
+        if mac in have[vni] or want_dst is None or dst != want_dst:
+            nl.fdb_del(devices[vni], mac, dst)  # stale, or a second remote for one MAC
+            continue
+        have[vni][mac] = (dst, state)
+    for vni, macs in wanted.items():
+        dev = devices.get(vni)
+        if dev is None:
+            continue
+        for mac, dst in macs.items():
+            cur = have[vni].get(mac)
+            if cur is None or not cur[1] & NUD_PERMANENT:
+                nl.fdb_replace(dev, mac, dst)
+
+
+def _sync_neighbours(nl: Netlink, devices: dict[int, Link],
+                     wanted: dict[int, dict[str, str]]) -> None:
+    by_index = {dev.index: vni for vni, dev in devices.items()}
+    have: dict[int, dict[str, tuple[str | None, int]]] = {vni: {} for vni in devices}
+    for ifindex, ip, mac, state in nl.neighbours():
+        vni = by_index.get(ifindex)
+        if vni is None:
+            continue
+        if ip not in wanted.get(vni, {}):
+            nl.neigh_del(devices[vni], ip)
+            continue
+        have[vni][ip] = (mac, state)
+    for vni, ips in wanted.items():
+        dev = devices.get(vni)
+        if dev is None:
+            continue
+        for ip, mac in ips.items():
+            cur = have[vni].get(ip)
+            if cur is None or cur[0] != mac or not cur[1] & NUD_PERMANENT:
+                nl.neigh_replace(dev, ip, mac)
+
+
+def remove_all(nl: Netlink) -> None:
+    """Every shoal bridge and VXLAN device in this namespace."""
+    links = nl.links()
+    for link in _ours(links, names.VXLAN_PREFIX, "vxlan").values():
+        nl.del_link(link)
+    for link in _ours(links, names.BRIDGE_PREFIX, "bridge").values():
+        nl.del_link(link)

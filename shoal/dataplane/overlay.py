@@ -1,0 +1,127 @@
+"""Dataplane: the one object the agent holds. It owns one netlink socket in the node namespace
+and one worker thread that makes every kernel call, so pyroute2's per-thread event loop is made
+once and never meets the agent's asyncio loop (call it directly or via asyncio.to_thread)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from pyroute2 import IPRoute
+
+from shoal.dataplane import names, namespaces, networks, tasks
+from shoal.dataplane.links import Netlink
+from shoal.errors import KernelError
+from shoal.model.view import NodeView, TaskEntry
+
+T = TypeVar("T")
+log = logging.getLogger("shoal.dataplane")
+
+
+class Dataplane:
+    def __init__(self, node_id: str, underlay_addr: str, ns_prefix: str, mtu: int = 1450) -> None:
+        namespaces.check_mount_namespace()
+        self.node_id = node_id
+        self.underlay_addr = underlay_addr
+        self.ns_prefix = ns_prefix
+        self.mtu = mtu
+        self.last_changes = 0  # kernel writes made by the last call: 0 means it was a no-op
+        # The worker thread is started from this thread, so it is in the node namespace too.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-dataplane")
+        self._nl: Netlink | None = None
+        try:
+            self._nl = self._run(self._open)
+        except BaseException:
+            self._worker.shutdown(wait=True)
+            raise
+
+    def _open(self) -> Netlink:
+        try:
+            return Netlink(IPRoute(), "node namespace")
+        except OSError as exc:
+            raise KernelError(f"open a netlink socket in the node namespace: {exc}") from exc
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        return self._worker.submit(fn).result()
+
+    def _node(self) -> Netlink:
+        if self._nl is None:
+            raise KernelError("the dataplane is closed")
+        return self._nl
+
+    def _counted(self, fn: Callable[[Netlink], T]) -> T:
+        def call() -> T:
+            nl = self._node()
+            before = nl.changes
+            try:
+                return fn(nl)
+            finally:
+                self.last_changes = nl.changes - before
+        return self._run(call)
+
+    def sync(self, view: NodeView) -> None:
+        """Make bridges, VXLAN devices, FDB and neighbour entries match the view."""
+        self._counted(lambda nl: networks.sync_networks(
+            nl, view, self.node_id, self.underlay_addr, self.mtu))
+
+    def netns_name(self, task_id: str) -> str:
+        return names.netns_name(self.ns_prefix, task_id)
+
+    def attach(self, task: TaskEntry, view: NodeView) -> str:
+        """Create or repair the task's namespace and its veths; return the namespace name."""
+        netns = self.netns_name(task["id"])
+
+        def call(nl: Netlink) -> str:
+            nl.changes += tasks.attach(nl, task, view, netns, self.node_id, self.mtu)
+            return netns
+        return self._counted(call)
+
+    def detach(self, task_id: str) -> None:
+        """Delete the task namespace and its veths. No error if already gone."""
+        self._counted(lambda nl: tasks.detach(nl, task_id, self.netns_name(task_id)))
+
+    def task_namespaces(self) -> list[str]:
+        """Task ids (12-char prefixes) whose namespaces exist with this prefix and this node."""
+        def call() -> list[str]:
+            out = []
+            for netns in namespaces.names(self.ns_prefix):
+                task_id = names.task_id_of(self.ns_prefix, netns)
+                if task_id is not None and tasks.owner(netns) == self.node_id:
+                    out.append(task_id)
+            return out
+        return self._run(call)
+
+    def teardown(self) -> None:
+        """Remove this node's task namespaces and every shoal bridge and VXLAN device here."""
+        def call(nl: Netlink) -> None:
+            for netns in namespaces.names(self.ns_prefix):
+                task_id = names.task_id_of(self.ns_prefix, netns)
+                if task_id is None:
+                    continue
+                fd = namespaces.open_fd(netns)
+                if fd is None:  # a stale file: its namespace is gone, whoever made it
+                    try:
+                        namespaces.remove(netns)
+                    except OSError as exc:
+                        raise namespaces.kernel_error(f"remove {netns}", exc) from exc
+                    continue
+                os.close(fd)
+                if tasks.owner(netns) == self.node_id:
+                    tasks.detach(nl, task_id, netns)
+            networks.remove_all(nl)
+        self._counted(call)
+
+    def close(self) -> None:
+        if self._nl is not None:
+            nl, self._nl = self._nl, None
+            self._worker.submit(nl.close).result()
+        self._worker.shutdown(wait=True)
+
+    def __enter__(self) -> Dataplane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

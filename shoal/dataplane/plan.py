@@ -1,0 +1,99 @@
+"""Desired kernel state rendered from a NodeView: pure functions, no I/O, tested without root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from shoal.dataplane import names
+from shoal.errors import KernelError
+from shoal.model.view import NodeView, TaskEntry
+
+
+class FdbEntry(NamedTuple):
+    """A remote endpoint: on VXLAN `vni`, `mac` (with address `ip`) lives behind `peer_addr`."""
+
+    vni: int
+    mac: str
+    ip: str
+    peer_addr: str
+
+
+@dataclass(frozen=True)
+class TaskLink:
+    """One attachment of a task: a veth pair from the task namespace to a network's bridge."""
+
+    index: int
+    network_id: str
+    vni: int
+    ifname: str  # inside the task namespace
+    host_ifname: str  # node side, a port of `bridge`
+    bridge: str
+    mac: str
+    ip: str
+    prefixlen: int
+
+
+def plan_networks(view: NodeView) -> dict[int, str]:
+    """VNI -> network id of every network this node must carry."""
+    return {net["vni"]: net_id for net_id, net in view["networks"].items()}
+
+
+def plan_fdb(view: NodeView, node_id: str) -> set[FdbEntry]:
+    """Static FDB/neighbour entries: every endpoint on another node, on each network it shares
+    with this node. Endpoints whose node is not among the peers cannot be reached: skipped."""
+    local_addr = view["node"]["addr"] if view.get("node") else None
+    out: set[FdbEntry] = set()
+    for ep in view["endpoints"].values():
+        if ep["node_id"] == node_id:
+            continue
+        peer = view["peers"].get(ep["node_id"])
+        if peer is None or not peer.get("addr") or peer["addr"] == local_addr:
+            continue
+        for net_id, att in ep["addrs"].items():
+            net = view["networks"].get(net_id)
+            if net is None:
+                continue
+            out.add(FdbEntry(net["vni"], att["mac"].lower(), att["ip"], peer["addr"]))
+    return out
+
+
+def fdb_by_vni(entries: set[FdbEntry]) -> dict[int, dict[str, str]]:
+    """VNI -> MAC -> peer address. A MAC claimed twice (a stale endpoint) resolves the same
+    way on every run: the last in sorted order wins."""
+    out: dict[int, dict[str, str]] = {}
+    for e in sorted(entries):
+        out.setdefault(e.vni, {})[e.mac] = e.peer_addr
+    return out
+
+
+def neigh_by_vni(entries: set[FdbEntry]) -> dict[int, dict[str, str]]:
+    """VNI -> IP -> MAC, answered by the VXLAN device's ARP proxy."""
+    out: dict[int, dict[str, str]] = {}
+    for e in sorted(entries):
+        out.setdefault(e.vni, {})[e.ip] = e.mac
+    return out
+
+
+def plan_task_links(task: TaskEntry, view: NodeView) -> list[TaskLink]:
+    """The task's veths, eth0, eth1, ... in the order of its network ids (stable across runs)."""
+    links = []
+    for index, net_id in enumerate(sorted(task["addrs"])):
+        net = view["networks"].get(net_id)
+        if net is None:
+            raise KernelError(
+                f"task {task['name']} ({task['id']}): network {net_id} is not in this node's "
+                "view, so it has no bridge here; sync a view that holds it first")
+        att = task["addrs"][net_id]
+        links.append(TaskLink(
+            index=index,
+            network_id=net_id,
+            vni=net["vni"],
+            ifname=names.task_ifname(index),
+            host_ifname=names.host_veth_name(task["id"], index),
+            bridge=names.bridge_name(net["vni"]),
+            mac=att["mac"].lower(),
+            ip=att["ip"],
+            prefixlen=att["prefixlen"],
+        ))
+    return links

@@ -1,0 +1,197 @@
+"""The lab's processes: the manager in node1's namespace, an agent in every node's namespace.
+
+Each runs detached (its own session, so its own process group), logs to
+/var/lib/shoal/<lab>/<proc>.log and has its pid in /run/shoal/<lab>/<proc>.pid, where <proc>
+is "manager" or the node's name. A pid is trusted only if that process's command line still
+carries the lab's state directory for it, so a recycled pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import shoal
+from shoal.lab.layout import NETNS_RUN_DIR, Lab, LabNode
+
+STOP_TIMEOUT = 10.0
+
+# Popen objects of the children this process started, so that they are reaped (a zombie
+# would otherwise look alive).
+_children: dict[int, subprocess.Popen] = {}
+
+
+def enter(netns: str) -> list[str]:
+    """The command prefix that runs a lab process inside network namespace `netns`.
+
+    Not `ip netns exec`: that also gives the process a private mount namespace (slave of the
+    machine's), so a namespace the agent makes with `ip netns add` or pyroute2 would be mounted
+    in /run/netns for the agent only: invisible to `ip netns` outside, lost when the agent
+    restarts, and out of reach of `lab down`. nsenter enters the network namespace alone. The
+    price: /sys is the machine's, so lab processes read links over netlink, never /sys/class/net.
+    """
+    return ["nsenter", f"--net={NETNS_RUN_DIR / netns}", "--"]
+
+
+def manager_argv(lab: Lab) -> list[str]:
+    return [
+        *enter(lab.manager_node.netns),
+        lab.python, "-m", "shoal", "manager",
+        "--state-dir", str(lab.manager_state_dir),
+        "--socket", str(lab.docker_socket),
+        "--listen", lab.manager_addr,
+    ]  # fmt: skip
+
+
+def agent_argv(lab: Lab, node: LabNode) -> list[str]:
+    return [
+        *enter(node.netns),
+        lab.python, "-m", "shoal", "agent",
+        "--manager", lab.manager_addr,
+        "--hostname", node.name,
+        "--addr", node.addr,
+        "--state-dir", str(lab.node_state_dir(node)),
+        "--ns-prefix", lab.prefix,
+    ]  # fmt: skip
+
+
+def _state_dir(lab: Lab, proc: str) -> Path:
+    # manager -> <state>/manager, nodeI -> <state>/nodeI: by name alone, so that lab down can
+    # check a pid file even when it does not know how many nodes the lab had.
+    return lab.state_dir / proc
+
+
+def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        del _children[pid]
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The state follows the command name in parentheses, which may hold spaces.
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _owned(lab: Lab, proc: str, pid: int) -> bool:
+    """Process `pid` is still lab `lab`'s `proc` (its argv holds --state-dir <its dir>)."""
+    # While a process is in execve (nsenter execs python, a script's shebang execs
+    # again) its cmdline reads empty for a moment: look again before judging.
+    for _ in range(50):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        if cmdline:
+            break
+        time.sleep(0.01)
+    argv = cmdline.split(b"\0")
+    want = str(_state_dir(lab, proc)).encode()
+    return any(a == b"--state-dir" and b == want for a, b in zip(argv, argv[1:], strict=False))
+
+
+def pid_of(lab: Lab, proc: str) -> int | None:
+    """The pid of the lab's running `proc` ("manager" or a node name), or None."""
+    try:
+        pid = int(lab.pid_file(proc).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) and _owned(lab, proc, pid) else None
+
+
+def _start(lab: Lab, proc: str, argv: list[str]) -> int:
+    pid = pid_of(lab, proc)
+    if pid is not None:
+        return pid
+    lab.run_dir.mkdir(parents=True, exist_ok=True)
+    _state_dir(lab, proc).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The child imports the same shoal as this process, installed or not.
+    src = str(Path(shoal.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    with open(lab.log_file(proc), "ab") as log:
+        log.write(f"--- {time.strftime('%F %T')} {' '.join(argv)}\n".encode())
+        log.flush()
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd="/",
+        )
+    _children[child.pid] = child
+    tmp = lab.pid_file(proc).with_suffix(".tmp")
+    tmp.write_text(f"{child.pid}\n")
+    tmp.replace(lab.pid_file(proc))
+    return child.pid
+
+
+def _signal(pid: int, sig: int) -> None:
+    """Signal the process group `pid` leads (start_new_session made it leader), or the
+    process alone if it is not a leader."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop(lab: Lab, procs: Iterable[str], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM the processes together, wait up to `timeout` seconds, then SIGKILL their
+    process groups. Also clears their pid files."""
+    procs = list(procs)
+    pids = {proc: pid for proc in procs if (pid := pid_of(lab, proc)) is not None}
+    for pid in pids.values():
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids.values():
+        # Also reaches children the leader left behind in its group.
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for proc in procs:
+        lab.pid_file(proc).unlink(missing_ok=True)
+
+
+def start_manager(lab: Lab) -> int:
+    """Start the manager in node1's namespace unless it runs; returns its pid."""
+    return _start(lab, "manager", manager_argv(lab))
+
+
+def stop_manager(lab: Lab, timeout: float = STOP_TIMEOUT) -> None:
+    stop(lab, ["manager"], timeout)
+
+
+def start_agent(lab: Lab, node: LabNode | str | int) -> int:
+    """Start the agent of `node` in its namespace unless it runs; returns its pid."""
+    n = lab.node(node)
+    return _start(lab, n.name, agent_argv(lab, n))
+
+
+def stop_agent(lab: Lab, node: LabNode | str | int, timeout: float = STOP_TIMEOUT) -> None:
+    stop(lab, [lab.node(node).name], timeout)
+
+
+def log_tail(lab: Lab, proc: str, lines: int = 20) -> str:
+    try:
+        text = lab.log_file(proc).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

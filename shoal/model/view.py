@@ -1,0 +1,126 @@
+"""The NodeView: everything one node knows of the cluster network, and what it must run.
+
+The manager computes one per node; the agent receives it (a full snapshot after connecting,
+then deltas) and hands it to the dataplane and, later, the DNS server. Both render from this one
+value, so they cannot disagree. A node only ever holds the networks it has tasks on.
+
+Everything here is plain JSON (dicts keyed by id) so a delta is simply, per section, the entries
+that changed and the ids that went away.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+SECTIONS = ("networks", "peers", "services", "endpoints", "tasks")
+
+
+class NetworkEntry(TypedDict):
+    id: str
+    name: str
+    subnet: str  # "10.0.1.0/24"
+    gateway: str  # "10.0.1.1": reserved, never given to a task
+    vni: int  # VXLAN id, 4096 and up
+    internal: bool
+    encrypted: bool
+
+
+class PeerEntry(TypedDict):
+    id: str  # node id
+    name: str
+    addr: str  # underlay address, "198.18.0.12"
+
+
+class ServiceEntry(TypedDict):
+    id: str
+    name: str
+    endpoint_mode: str  # "vip" or "dnsrr"
+    vips: dict[str, str]  # network id -> "10.0.1.2"
+    aliases: dict[str, list[str]]  # network id -> extra names on that network
+    ports: list[dict[str, Any]]  # Docker's EndpointSpec.Ports entries
+
+
+class Attachment(TypedDict):
+    ip: str  # "10.0.1.3"
+    prefixlen: int
+    mac: str  # "02:42:0a:00:01:03"
+
+
+class EndpointEntry(TypedDict):
+    """A task as the network sees it: any task, on any node, on a network this node has."""
+
+    id: str
+    name: str  # "web.1"
+    service_id: str
+    node_id: str
+    state: str  # Docker task state: "running", ...
+    healthy: bool
+    addrs: dict[str, Attachment]  # network id -> address on it
+
+
+class TaskEntry(TypedDict):
+    """A task assigned to this node: what the agent must run."""
+
+    id: str
+    name: str  # "web.1"
+    service_id: str
+    service_name: str
+    slot: int
+    desired_state: str  # "running" or "shutdown"
+    image: str
+    command: list[str]  # ContainerSpec.Command + Args; empty means the task must fail
+    env: list[str]  # "K=V"
+    dir: str
+    addrs: dict[str, Attachment]  # network id -> address on it
+
+
+class NodeView(TypedDict):
+    node: PeerEntry
+    revision: int
+    networks: dict[str, NetworkEntry]
+    peers: dict[str, PeerEntry]
+    services: dict[str, ServiceEntry]
+    endpoints: dict[str, EndpointEntry]
+    tasks: dict[str, TaskEntry]
+
+
+def empty_view(node: PeerEntry) -> NodeView:
+    return NodeView(node=node, revision=0, networks={}, peers={}, services={}, endpoints={},
+                    tasks={})
+
+
+def diff(old: NodeView, new: NodeView) -> dict[str, Any] | None:
+    """The delta from old to new: per section, {"set": {id: entry}, "del": [id]}. None if equal."""
+    delta: dict[str, Any] = {}
+    for section in SECTIONS:
+        before, after = old[section], new[section]  # type: ignore[literal-required]
+        changed = {k: v for k, v in after.items() if before.get(k) != v}
+        gone = [k for k in before if k not in after]
+        if changed or gone:
+            delta[section] = {"set": changed, "del": gone}
+    if not delta:
+        return None
+    delta["revision"] = new["revision"]
+    return delta
+
+
+def apply_delta(view: NodeView, delta: dict[str, Any]) -> NodeView:
+    """A new view: view with delta applied. The input is left as it was."""
+    out: dict[str, Any] = dict(view)
+    for section in SECTIONS:
+        change = delta.get(section)
+        if not change:
+            continue
+        entries = dict(view[section])  # type: ignore[literal-required]
+        for key in change["del"]:
+            entries.pop(key, None)
+        entries.update(change["set"])
+        out[section] = entries
+    out["revision"] = delta.get("revision", view["revision"])
+    return out  # type: ignore[return-value]
+
+
+def mac_for(ip: str) -> str:
+    """Docker's scheme: 02:42 then the four bytes of the IPv4 address."""
+    parts = [int(p) for p in ip.split(".")]
+    return "02:42:" + ":".join(f"{p:02x}" for p in parts)

@@ -1,0 +1,140 @@
+"""The controllers together, without agents: placement, scaling, restarts, removal."""
+
+import copy
+
+import pytest
+
+from shoal.manager import Manager
+from shoal.store import SQLiteStore
+
+
+@pytest.fixture
+def manager(tmp_path):
+    m = Manager(SQLiteStore(tmp_path / "s.db"), "198.18.0.11:2377")
+    for i in (1, 2, 3):
+        m.dispatcher._register({"node_id": f"node{i}id", "hostname": f"node{i}",
+                                "addr": f"198.18.0.{10 + i}"})
+    m.settle()
+    return m
+
+
+def spec(name="web", replicas=6, networks=("appnet",)):
+    return {"Name": name, "TaskTemplate": {"ContainerSpec": {"Image": "local",
+                                                             "Args": ["sleep", "60"]},
+                                           "Networks": [{"Target": n} for n in networks]},
+            "Mode": {"Replicated": {"Replicas": replicas}}}
+
+
+def live(m, service_id):
+    return [t for t in m.store.list("task")
+            if t["ServiceID"] == service_id and t["DesiredState"] == "running"]
+
+
+def report(m, task, state, **extra):
+    m.dispatcher._report(task["NodeID"], [{"id": task["ID"], "state": state, **extra}])
+    m.settle()
+
+
+def test_six_replicas_spread_two_per_node_each_with_an_address(manager):
+    manager.control.create_network({"Name": "appnet", "Driver": "overlay"})
+    svc = manager.control.create_service(spec())
+    manager.settle()
+    tasks = live(manager, svc["ID"])
+    assert sorted(t["Slot"] for t in tasks) == [1, 2, 3, 4, 5, 6]
+    per_node = {}
+    for t in tasks:
+        assert t["Status"]["State"] == "assigned"
+        per_node[t["NodeID"]] = per_node.get(t["NodeID"], 0) + 1
+    assert sorted(per_node.values()) == [2, 2, 2]
+    addrs = {t["NetworksAttachments"][0]["Addresses"][0] for t in tasks}
+    vip = svc["Endpoint"]["VirtualIPs"][0]["Addr"]
+    assert len(addrs) == 6 and vip not in addrs
+    assert all(a.startswith("10.0.1.") and a.endswith("/24") for a in addrs | {vip})
+
+
+def test_scale_down_marks_highest_slots_for_removal_then_deletes_them(manager):
+    manager.control.create_network({"Name": "appnet"})
+    svc = manager.control.create_service(spec(replicas=6))
+    manager.settle()
+    fresh = manager.store.get("service", svc["ID"])
+    manager.control.update_service("web", fresh["Version"]["Index"], spec(replicas=2))
+    manager.settle()
+    tasks = [t for t in manager.store.list("task") if t["ServiceID"] == svc["ID"]]
+    going = [t for t in tasks if t["DesiredState"] == "remove"]
+    assert sorted(t["Slot"] for t in going) == [3, 4, 5, 6]
+    for t in going:
+        report(manager, t, "shutdown")
+    assert sorted(t["Slot"] for t in manager.store.list("task")) == [1, 2]
+
+
+def test_a_failed_task_is_replaced_after_the_restart_delay(manager):
+    manager.control.create_network({"Name": "appnet"})
+    s = spec(replicas=1)
+    s["TaskTemplate"]["RestartPolicy"] = {"Condition": "any", "Delay": 0}
+    svc = manager.control.create_service(s)
+    manager.settle()
+    [task] = live(manager, svc["ID"])
+    report(manager, task, "running")
+    report(manager, task, "failed", exit_code=1)
+    tasks = [t for t in manager.store.list("task") if t["ServiceID"] == svc["ID"]]
+    old = manager.store.get("task", task["ID"])
+    assert old["DesiredState"] == "shutdown" and old["Status"]["State"] == "failed"
+    [new] = [t for t in tasks if t["DesiredState"] == "running"]
+    assert new["Slot"] == 1 and new["ID"] != task["ID"]
+
+
+def test_reports_never_move_a_task_backwards(manager):
+    manager.control.create_network({"Name": "appnet"})
+    svc = manager.control.create_service(spec(replicas=1))
+    manager.settle()
+    [task] = live(manager, svc["ID"])
+    report(manager, task, "running")
+    report(manager, task, "starting")
+    assert manager.store.get("task", task["ID"])["Status"]["State"] == "running"
+
+
+def test_rm_frees_the_vip_and_addresses(manager):
+    manager.control.create_network({"Name": "appnet"})
+    svc = manager.control.create_service(spec(replicas=2))
+    manager.settle()
+    pool = manager.allocator.pools[svc["Endpoint"]["VirtualIPs"][0]["NetworkID"]]
+    assert len(pool.owners) == 1 + 1 + 2  # gateway, VIP, two tasks
+    manager.control.remove_service("web")
+    manager.settle()
+    for t in manager.store.list("task"):
+        report(manager, t, "shutdown")
+    assert manager.store.list("task") == []
+    assert list(pool.owners.values()) == ["gateway"]
+
+
+def test_the_allocator_rebuilds_the_same_pools_after_a_restart(tmp_path, manager):
+    manager.control.create_network({"Name": "appnet"})
+    manager.control.create_service(spec(replicas=3))
+    manager.settle()
+    before = {k: dict(p.owners) for k, p in manager.allocator.pools.items()}
+    again = Manager(manager.store, "198.18.0.11:2377")
+    assert {k: dict(p.owners) for k, p in again.allocator.pools.items()} == before
+
+
+def test_update_with_a_new_template_replaces_tasks(manager):
+    manager.control.create_network({"Name": "appnet"})
+    svc = manager.control.create_service(spec(replicas=2))
+    manager.settle()
+    s = copy.deepcopy(spec(replicas=2))
+    s["TaskTemplate"]["ContainerSpec"]["Args"] = ["sleep", "61"]
+    manager.control.update_service("web", manager.store.get("service", svc["ID"])["Version"][
+        "Index"], s)
+    manager.settle()
+    running = live(manager, svc["ID"])
+    assert len(running) == 2
+    assert all(t["Spec"]["ContainerSpec"]["Args"] == ["sleep", "61"] for t in running)
+
+
+def test_global_service_runs_one_task_per_ready_node(manager):
+    manager.control.create_network({"Name": "appnet"})
+    s = spec()
+    s["Mode"] = {"Global": {}}
+    svc = manager.control.create_service(s)
+    manager.settle()
+    assert sorted(t["NodeID"] for t in live(manager, svc["ID"])) == [
+        "node1id", "node2id", "node3id"]
