@@ -21,7 +21,8 @@ def ago(timestamp: str) -> str:
         return ""
     seconds = int((datetime.now(UTC).replace(tzinfo=None) - then).total_seconds())
     if seconds < 60:
-        return f"{max(seconds, 1)} second{'s' if seconds != 1 else ''} ago"
+        seconds = max(seconds, 1)
+        return f"{seconds} second{'s' if seconds != 1 else ''} ago"
     if seconds < 3600:
         return f"{seconds // 60} minute{'s' if seconds >= 120 else ''} ago"
     return f"{seconds // 3600} hour{'s' if seconds >= 7200 else ''} ago"

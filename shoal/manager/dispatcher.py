@@ -85,6 +85,8 @@ def compute_view(store: BaseStore, node: Obj) -> nv.NodeView:
             "slot": task.get("Slot", 0), "desired_state": task["DesiredState"],
             "image": container.get("Image", ""), "command": task_command(task["Spec"]),
             "env": list(container.get("Env") or []), "dir": container.get("Dir") or "",
+            "dns": {key.lower(): list((container.get("DNSConfig") or {}).get(key) or [])
+                    for key in ("Nameservers", "Search", "Options")},
             "addrs": _addrs(task, networks),
         }
     if not networks:

@@ -71,6 +71,7 @@ class TaskEntry(TypedDict):
     command: list[str]  # ContainerSpec.Command + Args; empty means the task must fail
     env: list[str]  # "K=V"
     dir: str
+    dns: dict[str, list[str]]  # ContainerSpec.DNSConfig: nameservers, search, options
     addrs: dict[str, Attachment]  # network id -> address on it
 
 
