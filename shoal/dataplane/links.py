@@ -198,3 +198,42 @@ class Netlink:
     def addr_del(self, dev: Link, ip: str, prefixlen: int) -> None:
         self._write(f"delete address {ip}/{prefixlen} from {dev.name}", self.ipr.addr, "del",
                     index=dev.index, address=ip, prefixlen=prefixlen)
+
+    # policy routing (the ingress reply path inside task namespaces)
+
+    def fwmark_rules(self) -> dict[int, tuple[int, int]]:
+        """mark -> (table, priority) of the IPv4 fwmark rules."""
+        out = {}
+        for msg in self._call("list rules", self.ipr.get_rules, family=AF_INET):
+            mark = msg.get_attr("FRA_FWMARK")
+            if mark is not None:
+                table = msg.get_attr("FRA_TABLE") or msg["table"]
+                out[mark] = (table, msg.get_attr("FRA_PRIORITY") or 0)
+        return out
+
+    def rule_add(self, mark: int, table: int, priority: int) -> None:
+        self._write(f"rule fwmark {mark:#x} lookup {table}", self.ipr.rule, "add",
+                    family=AF_INET, fwmark=mark, fwmask=0xFFFFFFFF, table=table,
+                    priority=priority)
+
+    def rule_del(self, mark: int, table: int, priority: int) -> None:
+        self._write(f"delete rule fwmark {mark:#x}", self.ipr.rule, "del", family=AF_INET,
+                    fwmark=mark, fwmask=0xFFFFFFFF, table=table, priority=priority)
+
+    def default_routes(self) -> dict[int, tuple[str | None, int | None]]:
+        """table -> (gateway, oif) of the IPv4 default routes outside the main tables."""
+        out = {}
+        for msg in self._call("list routes", self.ipr.route, "dump", family=AF_INET,
+                              table=0):
+            table = msg.get_attr("RTA_TABLE") or msg["table"]
+            if msg["dst_len"] == 0 and table not in (253, 254, 255):
+                out[table] = (msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF"))
+        return out
+
+    def default_route_replace(self, table: int, gateway: str, dev: Link) -> None:
+        self._write(f"route default via {gateway} dev {dev.name} table {table}", self.ipr.route,
+                    "replace", dst="0.0.0.0/0", gateway=gateway, oif=dev.index, table=table)
+
+    def default_route_del(self, table: int) -> None:
+        self._write(f"delete default route table {table}", self.ipr.route, "del",
+                    dst="0.0.0.0/0", table=table)

@@ -158,6 +158,12 @@ def names(prefix: str) -> list[str]:
     return sorted(n for n in entries if n.startswith(prefix))
 
 
+def enter(fd: int) -> None:
+    """Move the calling thread into the namespace of fd. Call it only in a thread made by
+    in_thread, so that the namespace is left when the thread ends (used by shoal.dns)."""
+    _errno_check(_libc.setns(fd, CLONE_NEWNET), "setns(CLONE_NEWNET)")
+
+
 def netlink_socket(fd: int) -> socket.socket:
     """A NETLINK_ROUTE socket that lives in the namespace of fd."""
 

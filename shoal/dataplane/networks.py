@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from shoal.dataplane import names
 from shoal.dataplane.links import NUD_PERMANENT, Link, Netlink
-from shoal.dataplane.plan import fdb_by_vni, neigh_by_vni, plan_fdb, plan_networks
+from shoal.dataplane.plan import (
+    fdb_by_vni,
+    neigh_by_vni,
+    plan_fdb,
+    plan_networks,
+    plan_node_addrs,
+)
 from shoal.errors import KernelError
 from shoal.model.view import NodeView
 
@@ -36,9 +42,12 @@ def sync_networks(nl: Netlink, view: NodeView, node_id: str, local_addr: str, mt
             nl.del_link(link)
 
     devices: dict[int, Link] = {}
+    node_addrs = plan_node_addrs(view)
+    have_addrs = nl.addrs()
     for vni in sorted(wanted):
         bridge = _ensure_bridge(nl, links, vni, mtu)
         devices[vni] = _ensure_vxlan(nl, links, vni, local_addr, mtu, bridge)
+        _ensure_node_addr(nl, bridge, node_addrs.get(vni), have_addrs.get(bridge.index, set()))
 
     entries = plan_fdb(view, node_id)
     _sync_fdb(nl, devices, fdb_by_vni(entries))
@@ -73,6 +82,22 @@ def _ensure_vxlan(nl: Netlink, links: dict[str, Link], vni: int, local: str, mtu
     if link.master != bridge.index or link.mtu != mtu or not link.up:
         nl.set_link(link, master=bridge.index, mtu=mtu, state="up")
     return link
+
+
+def _ensure_node_addr(nl: Netlink, bridge: Link, wanted: tuple[str, int, str] | None,
+                      have: set[tuple[str, int]]) -> None:
+    """The node's own address on a network's bridge (ingress only), with the MAC its peers
+    were told; any other address there goes."""
+    for ip, prefixlen in have:
+        if wanted is None or (ip, prefixlen) != wanted[:2]:
+            nl.addr_del(bridge, ip, prefixlen)
+    if wanted is None:
+        return
+    ip, prefixlen, mac = wanted
+    if bridge.mac != mac:
+        nl.set_link(bridge, address=mac)
+    if (ip, prefixlen) not in have:
+        nl.addr_add(bridge, ip, prefixlen)
 
 
 def _must(nl: Netlink, name: str) -> Link:

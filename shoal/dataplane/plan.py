@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from shoal.dataplane import names
 from shoal.errors import KernelError
-from shoal.model.view import NodeView, TaskEntry
+from shoal.model.view import NodeView, TaskEntry, mac_for
 
 
 class FdbEntry(NamedTuple):
@@ -55,6 +55,24 @@ def plan_fdb(view: NodeView, node_id: str) -> set[FdbEntry]:
             if net is None:
                 continue
             out.add(FdbEntry(net["vni"], att["mac"].lower(), att["ip"], peer["addr"]))
+    # On the ingress network every node has an address of its own (on its bridge), which
+    # tasks elsewhere answer through when a published port was forwarded by that node.
+    ingress = next((n for n in view["networks"].values() if n.get("ingress")), None)
+    if ingress is not None:
+        for peer in view["peers"].values():
+            addr = peer.get("ingress_addr")
+            if peer["id"] != node_id and addr and peer.get("addr") and peer["addr"] != local_addr:
+                out.add(FdbEntry(ingress["vni"], mac_for(addr), addr, peer["addr"]))
+    return out
+
+
+def plan_node_addrs(view: NodeView) -> dict[int, tuple[str, int, str]]:
+    """VNI -> (ip, prefixlen, mac) the node's own bridge holds: only on the ingress network."""
+    addr = view["node"].get("ingress_addr") if view.get("node") else None
+    out = {}
+    for net in view["networks"].values():
+        if net.get("ingress") and addr:
+            out[net["vni"]] = (addr, int(net["subnet"].split("/")[1]), mac_for(addr))
     return out
 
 
@@ -73,6 +91,38 @@ def neigh_by_vni(entries: set[FdbEntry]) -> dict[int, dict[str, str]]:
     for e in sorted(entries):
         out.setdefault(e.vni, {})[e.ip] = e.mac
     return out
+
+
+class ReplyRoute(NamedTuple):
+    """A connection forwarded to this task by node `gateway` goes back through that node."""
+
+    mark: int  # conntrack mark of connections that arrived from that node's ingress MAC
+    table: int
+    gateway: str  # that node's ingress address
+    ifname: str  # the task's interface on the ingress network
+
+
+REPLY_RULE_PRIORITY = 100
+
+
+def mark_for(ingress_addr: str) -> int:
+    """A small, stable, non-zero number per node: the low 16 bits of its ingress address."""
+    parts = [int(p) for p in ingress_addr.split(".")]
+    return (parts[2] << 8 | parts[3]) or 0xFFFF
+
+
+def plan_reply_routes(task: TaskEntry, view: NodeView) -> list[ReplyRoute]:
+    """For a task on the ingress network: a routing table per node that may forward to it.
+    Replies must leave through the node that did the DNAT, whose conntrack undoes it; that is
+    what lets the task see the client's own address instead of a SNATed one (moby#25526)."""
+    ingress_id = next((i for i, n in view["networks"].items() if n.get("ingress")), None)
+    if ingress_id is None or ingress_id not in task["addrs"]:
+        return []
+    ifname = names.task_ifname(sorted(task["addrs"]).index(ingress_id))
+    nodes = {view["node"].get("ingress_addr")} | {
+        p.get("ingress_addr") for p in view["peers"].values()}
+    return [ReplyRoute(mark_for(addr), 0x10000 | mark_for(addr), addr, ifname)
+            for addr in sorted(a for a in nodes if a)]
 
 
 def plan_task_links(task: TaskEntry, view: NodeView) -> list[TaskLink]:

@@ -14,7 +14,13 @@ from pyroute2 import IPRoute
 
 from shoal.dataplane import names, namespaces
 from shoal.dataplane.links import Link, Netlink
-from shoal.dataplane.plan import TaskLink, plan_task_links
+from shoal.dataplane.plan import (
+    REPLY_RULE_PRIORITY,
+    ReplyRoute,
+    TaskLink,
+    plan_reply_routes,
+    plan_task_links,
+)
 from shoal.errors import KernelError
 from shoal.model.view import NodeView, TaskEntry
 
@@ -49,11 +55,33 @@ def attach(node: Netlink, task: TaskEntry, view: NodeView, netns: str, node_id: 
         inner = open_task_netlink(fd, netns)
         try:
             _sync_task(node, inner, fd, plan, bridges, node_id, mtu)
+            _sync_reply_routes(inner, plan_reply_routes(task, view))
             return inner.changes
         finally:
             inner.close()
     finally:
         os.close(fd)
+
+
+def _sync_reply_routes(inner: Netlink, routes: list[ReplyRoute]) -> None:
+    """One fwmark rule and one routing table per node that may forward to this task."""
+    rules = inner.fwmark_rules()
+    tables = inner.default_routes()
+    wanted = {r.mark: r for r in routes}
+    for mark, (table, priority) in rules.items():
+        if mark not in wanted or wanted[mark].table != table:
+            inner.rule_del(mark, table, priority)
+    for table in tables:
+        if table not in {r.table for r in routes}:
+            inner.default_route_del(table)
+    for r in routes:
+        if rules.get(r.mark) != (r.table, REPLY_RULE_PRIORITY):
+            inner.rule_add(r.mark, r.table, REPLY_RULE_PRIORITY)
+        dev = inner.link(r.ifname)
+        if dev is None:
+            raise KernelError(f"{r.ifname} is missing in {inner.where}")
+        if tables.get(r.table) != (r.gateway, dev.index):
+            inner.default_route_replace(r.table, r.gateway, dev)
 
 
 def _sync_task(node: Netlink, inner: Netlink, fd: int, plan: list[TaskLink],

@@ -22,6 +22,10 @@ from shoal.store.base import BaseStore
 
 log = logging.getLogger("shoal.manager")
 
+# Pushes to the agents are at least this far apart: a burst of reports (30 tasks starting)
+# then costs a handful of view updates, not one per report, at a few ms of added latency.
+PUSH_MIN_INTERVAL = 0.01
+
 
 class Manager:
     def __init__(self, store: BaseStore, advertise: str) -> None:
@@ -31,6 +35,7 @@ class Manager:
                 tx.create("cluster", new_cluster())
         self.allocator = Allocator(store._state)
         self.control = Control(store, self.allocator)
+        self.control.ensure_ingress()
         self.orchestrator = Orchestrator(store, self._wake_at)
         self.scheduler = Scheduler(store)
         self.dispatcher = Dispatcher(store, advertise)
@@ -60,9 +65,15 @@ class Manager:
 
     async def run(self) -> None:
         self.dispatcher.startup()
+        last_push = 0.0
         while True:
             self.settle()
+            wait = last_push + PUSH_MIN_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                self.settle()
             await self.dispatcher.push()
+            last_push = time.monotonic()
             if self._watch.queue.empty():
                 waiter = asyncio.ensure_future(self._watch.queue.get())
                 woken = asyncio.ensure_future(self._wakeup.wait())

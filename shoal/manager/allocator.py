@@ -21,6 +21,8 @@ FIRST_VNI = 4096
 DEFAULT_POOL = ipaddress.ip_network("10.0.0.0/8")
 INGRESS_POOL = ipaddress.ip_network("10.255.0.0/16")  # kept for the ingress network
 SUBNET_SIZE = 24
+PORT_RANGE = range(30000, 32768)  # Docker's range for `--publish TARGET` with no published port
+INGRESS_NAME = "ingress"
 
 
 class AddressPool:
@@ -69,6 +71,15 @@ class Allocator:
         for svc in state.peek("service"):
             for vip in svc.get("Endpoint", {}).get("VirtualIPs", []):
                 self._claim(vip["NetworkID"], vip["Addr"], svc["ID"])
+        self.ports: dict[tuple[str, int], str] = {}  # (protocol, published port) -> service id
+        for svc in state.peek("service"):
+            for port in svc.get("Endpoint", {}).get("Ports", []):
+                if port["PublishMode"] == "ingress":
+                    self.ports[(port["Protocol"], port["PublishedPort"])] = svc["ID"]
+        for node in state.peek("node"):
+            for att in node.get("Attachments", []):
+                for addr in att["Addresses"]:
+                    self._claim(att["Network"]["ID"], addr, node["ID"])
         for task in state.peek("task"):
             if task["Status"]["State"] not in TERMINAL:
                 for att in task.get("NetworksAttachments", []):
@@ -138,6 +149,49 @@ class Allocator:
     def release_service(self, svc: Obj) -> None:
         for vip in svc.get("Endpoint", {}).get("VirtualIPs", []):
             self.release(vip["NetworkID"], vip["Addr"], svc["ID"])
+        self.release_ports(svc["ID"], [])
+
+    # --- published ports (ingress mode: one service per protocol and port, cluster-wide) ---
+
+    def publish(self, service_id: str, wanted: list[Obj], old: list[Obj]) -> list[Obj]:
+        """Endpoint.Ports for wanted: ingress ports claimed, port 0 given one from 30000-32767
+        (the one it had before, across an update). Refuses a port another service holds."""
+        before = {(p["Protocol"], p["TargetPort"]): p["PublishedPort"] for p in old
+                  if p["PublishMode"] == "ingress"}
+        out, claimed = [], []
+        try:
+            for port in wanted:
+                port = dict(port)
+                if port["PublishMode"] == "ingress":
+                    proto = port["Protocol"]
+                    number = port["PublishedPort"] or before.get((proto, port["TargetPort"]))
+                    if not number:
+                        number = next((n for n in PORT_RANGE if (proto, n) not in self.ports),
+                                      None)
+                        if number is None:
+                            raise ShoalError(f"no free {proto} port left in 30000-32767")
+                    owner = self.ports.get((proto, number))
+                    if owner is not None and owner != service_id:
+                        raise Conflict(f"port {number}/{proto} is already published by "
+                                       f"service {owner}")
+                    if owner is None:
+                        self.ports[(proto, number)] = service_id
+                        claimed.append((proto, number))
+                    port["PublishedPort"] = number
+                out.append(port)
+        except Exception:
+            for key in claimed:
+                self.ports.pop(key, None)
+            raise
+        return out
+
+    def release_ports(self, service_id: str, keep: list[Obj]) -> None:
+        """Free the service's ingress ports that are not in keep."""
+        kept = {(p["Protocol"], p["PublishedPort"]) for p in keep
+                if p["PublishMode"] == "ingress"}
+        for key, owner in list(self.ports.items()):
+            if owner == service_id and key not in kept:
+                del self.ports[key]
 
     def release_task(self, task: Obj) -> None:
         for att in task.get("NetworksAttachments", []):
@@ -159,6 +213,7 @@ class Allocator:
 
     def tick(self, store: Any) -> None:
         """Move tasks from new to pending, each with an address on each of its networks."""
+        self._attach_nodes(store)
         fresh = [t for t in store.peek("task") if t["Status"]["State"] == "new"]
         if not fresh:
             return
@@ -178,9 +233,31 @@ class Allocator:
                     task["Status"] = status("pending", "pending task scheduling")
                 tx.update("task", task)
 
+    def _attach_nodes(self, store: Any) -> None:
+        """Every node is on the ingress network (it answers published ports): an address each."""
+        ingress = ingress_network(store)
+        if ingress is None:
+            return
+        bare = [n for n in store.peek("node")
+                if not any(a["Network"]["ID"] == ingress["ID"] for a in n.get("Attachments", []))]
+        if not bare:
+            return
+        with store.tx() as tx:
+            for node in bare:
+                node = copy.deepcopy(node)
+                node["Attachments"] = [*node.get("Attachments", []), {
+                    "Network": {"ID": ingress["ID"]},
+                    "Addresses": [self.allocate(ingress["ID"], node["ID"])]}]
+                tx.update("node", node)
+
     def _attachments(self, store: Any, task: Obj) -> list[Obj]:
         attachments = []
-        for target in task["Spec"].get("Networks", []):
+        targets = list(task["Spec"].get("Networks", []))
+        svc = store.get("service", task["ServiceID"])
+        ingress = ingress_network(store)
+        if svc is not None and ingress is not None and publishes(svc):
+            targets.append({"Target": ingress["ID"]})
+        for target in targets:
             net = store.get("network", target["Target"])
             if net is None:
                 raise NotFound(f"network {target['Target']} not found")
@@ -191,6 +268,16 @@ class Allocator:
                 "Addresses": [addr]})
             task["NetworksAttachments"] = attachments  # so release_task sees partial work
         return attachments
+
+
+def ingress_network(store: Any) -> Obj | None:
+    return next((n for n in store.peek("network") if n["Spec"].get("Ingress")), None)
+
+
+def publishes(svc: Obj) -> bool:
+    """Its tasks join the ingress network: nodes reach them there for every published port,
+    in host mode too (the node forwards from its own address to its own task)."""
+    return bool(svc.get("Endpoint", {}).get("Ports"))
 
 
 def status(state: str, message: str, err: str | None = None) -> Obj:

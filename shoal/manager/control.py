@@ -10,7 +10,13 @@ import copy
 from typing import Any
 
 from shoal.errors import Conflict, InvalidArgument, NotFound
-from shoal.manager.allocator import VNI_KEY, Allocator
+from shoal.manager.allocator import (
+    INGRESS_NAME,
+    INGRESS_POOL,
+    VNI_KEY,
+    Allocator,
+    ingress_network,
+)
 from shoal.model import spec as specs
 from shoal.model.objects import TERMINAL, Obj, new_id, now
 from shoal.store.base import BaseStore
@@ -46,6 +52,19 @@ class Control:
 
     def create_network(self, body: Any) -> Obj:
         spec = specs.network_request(body)
+        return self._create_network(spec)
+
+    def ensure_ingress(self) -> None:
+        """The ingress network, made once per cluster as `docker swarm init` does."""
+        if ingress_network(self.store) is None and self.store.by_name("network",
+                                                                      INGRESS_NAME) is None:
+            self._create_network({
+                "Name": INGRESS_NAME, "Labels": {}, "DriverConfiguration": {"Name": "overlay",
+                                                                           "Options": {}},
+                "Internal": False, "Attachable": False, "Ingress": True,
+                "IPAM": {"Config": [{"Subnet": str(INGRESS_POOL)}]}})
+
+    def _create_network(self, spec: Obj) -> Obj:
         if self.store.by_name("network", spec["Name"]) is not None:
             raise Conflict(f"network with name {spec['Name']} already exists")
         subnet, gateway, vni = self.allocator.network_config(
@@ -66,6 +85,10 @@ class Control:
         net = self.find("network", ref)
         users = [s["Spec"]["Name"] for s in self.store.peek("service")
                  if any(a["Target"] == net["ID"] for a in s["Spec"]["TaskTemplate"]["Networks"])]
+        if net["Spec"].get("Ingress"):
+            users += [s["Spec"]["Name"] for s in self.store.peek("service")
+                      if any(p["PublishMode"] == "ingress"
+                             for p in s.get("Endpoint", {}).get("Ports", []))]
         if users:
             raise Conflict(f"network {net['Spec']['Name']} is in use by service "
                            f"{', '.join(sorted(users))}")
@@ -85,19 +108,35 @@ class Control:
             net = self.find("network", attachment["Target"])
             if net["ID"] in seen:
                 raise InvalidArgument(f"network {net['Spec']['Name']} is attached twice")
+            if net["Spec"].get("Ingress"):
+                raise InvalidArgument("a service cannot be attached to the ingress network "
+                                      "directly: publish a port instead")
             seen.add(net["ID"])
             attachment["Target"] = net["ID"]
             networks.append(net)
         return networks
 
     def _endpoint(self, service_id: str, spec: Obj, networks: list[Obj], old: Obj | None) -> Obj:
-        """The service's Endpoint: a VIP per network in vip mode, kept across updates."""
-        mode = spec["EndpointSpec"]["Mode"]
-        kept = {v["NetworkID"]: v for v in (old or {}).get("Endpoint", {}).get("VirtualIPs", [])}
+        """The service's Endpoint: its published ports, and a VIP per network in vip mode
+        (the ingress network included when it publishes in ingress mode), kept across updates.
+        On failure nothing stays allocated."""
+        old_endpoint = (old or {}).get("Endpoint", {})
+        ports = self.allocator.publish(service_id, spec["EndpointSpec"].get("Ports", []),
+                                       old_endpoint.get("Ports", []))
+        endpoint: Obj = {"Spec": copy.deepcopy(spec["EndpointSpec"])}
+        if ports:
+            endpoint["Ports"] = ports
+        if any(p["PublishMode"] == "ingress" for p in ports):
+            ingress = ingress_network(self.store)
+            if ingress is None:
+                self.allocator.release_ports(service_id, old_endpoint.get("Ports", []))
+                raise Conflict("there is no ingress network to publish ports on")
+            networks = [*networks, ingress]
+        kept = {v["NetworkID"]: v for v in old_endpoint.get("VirtualIPs", [])}
         vips = []
         try:
             for net in networks:
-                if mode != "vip":
+                if spec["EndpointSpec"]["Mode"] != "vip":
                     continue
                 if net["ID"] in kept:
                     vips.append(kept[net["ID"]])
@@ -105,20 +144,19 @@ class Control:
                     vips.append({"NetworkID": net["ID"],
                                  "Addr": self.allocator.allocate(net["ID"], service_id)})
         except Exception:
-            for vip in vips:
-                if vip["NetworkID"] not in kept:
-                    self.allocator.release(vip["NetworkID"], vip["Addr"], service_id)
+            self._release_unused(service_id, {"VirtualIPs": vips}, old_endpoint)
             raise
-        endpoint: Obj = {"Spec": copy.deepcopy(spec["EndpointSpec"])}
         if vips:
             endpoint["VirtualIPs"] = vips
         return endpoint
 
-    def _release_unused_vips(self, service_id: str, old: Obj, new_endpoint: Obj) -> None:
-        kept = {(v["NetworkID"], v["Addr"]) for v in new_endpoint.get("VirtualIPs", [])}
-        for vip in old.get("Endpoint", {}).get("VirtualIPs", []):
+    def _release_unused(self, service_id: str, old: Obj, new: Obj) -> None:
+        """Free what endpoint old holds and endpoint new does not."""
+        kept = {(v["NetworkID"], v["Addr"]) for v in new.get("VirtualIPs", [])}
+        for vip in old.get("VirtualIPs", []):
             if (vip["NetworkID"], vip["Addr"]) not in kept:
                 self.allocator.release(vip["NetworkID"], vip["Addr"], service_id)
+        self.allocator.release_ports(service_id, new.get("Ports", []))
 
     def create_service(self, body: Any) -> Obj:
         spec = specs.service_spec(body)
@@ -160,9 +198,9 @@ class Control:
             with self.store.tx() as tx:
                 tx.update("service", new, version=version)
         except Exception:
-            self._release_unused_vips(svc["ID"], new, svc.get("Endpoint", {}))
+            self._release_unused(svc["ID"], endpoint, svc.get("Endpoint", {}))
             raise
-        self._release_unused_vips(svc["ID"], svc, endpoint)
+        self._release_unused(svc["ID"], svc.get("Endpoint", {}), endpoint)
         return new
 
     def remove_service(self, ref: str) -> None:
@@ -174,3 +212,5 @@ class Control:
                     task = copy.deepcopy(task)
                     task["DesiredState"] = "remove"
                     tx.update("task", task)
+        # Free the VIPs and ports now, so the next request can take them at once.
+        self.allocator.release_service(svc)

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from shoal.manager.allocator import network_vni
+from shoal.manager.allocator import ingress_network, network_vni
 from shoal.model import view as nv
 from shoal.model.objects import TERMINAL, Obj, new_id, new_node, now, state_index, task_command
 from shoal.store.base import BaseStore
@@ -35,15 +35,41 @@ class Session:
         self.replies: dict[str, asyncio.Future[Any]] = {}
 
 
+DEFAULT_STOP_GRACE_NS = 10_000_000_000  # Docker's
+
+
+def healthcheck(container: Obj) -> nv.HealthCheck | None:
+    """The task's health check in seconds, or None when it has none (or Test is NONE)."""
+    hc = container.get("Healthcheck") or {}
+    test = list(hc.get("Test") or [])
+    if not test or test[0] == "NONE" or test == ["inherit"]:
+        return None
+    return {"test": test, "interval": (hc.get("Interval") or 30_000_000_000) / 1e9,
+            "timeout": (hc.get("Timeout") or 30_000_000_000) / 1e9,
+            "retries": hc.get("Retries") or 3,
+            "start_period": (hc.get("StartPeriod") or 0) / 1e9}
+
+
 def _attachment(addr: str) -> nv.Attachment:
     ip, prefix = addr.split("/")
     return {"ip": ip, "prefixlen": int(prefix), "mac": nv.mac_for(ip)}
 
 
-def _addrs(task: Obj, networks: set[str] | None = None) -> dict[str, nv.Attachment]:
+def _addrs(task: Obj) -> dict[str, nv.Attachment]:
     return {a["Network"]["ID"]: _attachment(a["Addresses"][0])
-            for a in task.get("NetworksAttachments", [])
-            if a["Addresses"] and (networks is None or a["Network"]["ID"] in networks)}
+            for a in task.get("NetworksAttachments", []) if a["Addresses"]}
+
+
+def _ingress_addr(node: Obj, ingress: Obj | None) -> str:
+    for att in node.get("Attachments", []):
+        if ingress is not None and att["Network"]["ID"] == ingress["ID"]:
+            return att["Addresses"][0].split("/")[0]
+    return ""
+
+
+def _peer(node: Obj, ingress: Obj | None) -> nv.PeerEntry:
+    return {"id": node["ID"], "name": node["Description"]["Hostname"],
+            "addr": node["Status"]["Addr"], "ingress_addr": _ingress_addr(node, ingress)}
 
 
 def on_node(task: Obj) -> bool:
@@ -52,84 +78,133 @@ def on_node(task: Obj) -> bool:
         "assigned") and task["Status"]["State"] not in TERMINAL
 
 
-def compute_view(store: BaseStore, node: Obj) -> nv.NodeView:
-    """What one node must know: its tasks, and the networks they are on, with everything there."""
-    node_id = node["ID"]
-    services = {s["ID"]: s for s in store.peek("service")}
-    local = [t for t in store.peek("task") if t.get("NodeID") == node_id and on_node(t)]
-    view = nv.empty_view({"id": node_id, "name": node["Description"]["Hostname"],
-                          "addr": node["Status"]["Addr"]})
-    view["revision"] = store.revision
-    network_ids = {a["Network"]["ID"] for t in local for a in t.get("NetworksAttachments", [])}
-    for net_id in sorted(network_ids):
-        net = store.get("network", net_id)
-        if net is None:
-            continue
-        config = net["IPAMOptions"]["Configs"][0]
-        view["networks"][net_id] = {
-            "id": net_id, "name": net["Spec"]["Name"], "subnet": config["Subnet"],
-            "gateway": config["Gateway"],
-            "vni": network_vni(net),
-            "internal": bool(net["Spec"].get("Internal")),
-            "encrypted": "encrypted" in net["Spec"].get("DriverConfiguration", {}).get(
-                "Options", {}),
-        }
-    networks = set(view["networks"])
-    for task in local:
-        svc = services.get(task["ServiceID"])
-        svc_name = svc["Spec"]["Name"] if svc else task["ServiceID"]
-        container = task["Spec"].get("ContainerSpec", {})
-        view["tasks"][task["ID"]] = {
-            "id": task["ID"], "name": f"{svc_name}.{task.get('Slot') or node_id}",
-            "service_id": task["ServiceID"], "service_name": svc_name,
-            "slot": task.get("Slot", 0), "desired_state": task["DesiredState"],
-            "image": container.get("Image", ""), "command": task_command(task["Spec"]),
-            "env": list(container.get("Env") or []), "dir": container.get("Dir") or "",
-            "dns": {key.lower(): list((container.get("DNSConfig") or {}).get(key) or [])
-                    for key in ("Nameservers", "Search", "Options")},
-            "addrs": _addrs(task, networks),
-        }
-    if not networks:
+def _healthy(task: Obj) -> bool:
+    """A backend for the VIP and DNS: running, meant to run, and healthy if it has a check."""
+    if task["Status"]["State"] != "running" or task["DesiredState"] != "running":
+        return False
+    if healthcheck(task["Spec"].get("ContainerSpec", {})) is None:
+        return True
+    return task["Status"].get("ContainerStatus", {}).get("Health") == "healthy"
+
+
+def _network_entry(net: Obj) -> nv.NetworkEntry:
+    config = net["IPAMOptions"]["Configs"][0]
+    return {
+        "id": net["ID"], "name": net["Spec"]["Name"], "subnet": config["Subnet"],
+        "gateway": config["Gateway"], "vni": network_vni(net),
+        "internal": bool(net["Spec"].get("Internal")),
+        "ingress": bool(net["Spec"].get("Ingress")),
+        "encrypted": "encrypted" in net["Spec"].get("DriverConfiguration", {}).get("Options", {}),
+    }
+
+
+def _task_entry(task: Obj, svc_name: str) -> nv.TaskEntry:
+    container = task["Spec"].get("ContainerSpec", {})
+    return {
+        "id": task["ID"], "name": f"{svc_name}.{task.get('Slot') or task['NodeID']}",
+        "service_id": task["ServiceID"], "service_name": svc_name,
+        "slot": task.get("Slot", 0), "desired_state": task["DesiredState"],
+        "image": container.get("Image", ""), "command": task_command(task["Spec"]),
+        "env": list(container.get("Env") or []), "dir": container.get("Dir") or "",
+        "dns": {key.lower(): list((container.get("DNSConfig") or {}).get(key) or [])
+                for key in ("Nameservers", "Search", "Options")},
+        "healthcheck": healthcheck(container),
+        "stop_grace": container.get("StopGracePeriod", DEFAULT_STOP_GRACE_NS) / 1e9,
+        "addrs": _addrs(task),
+    }
+
+
+class ViewIndex:
+    """The cluster cut by network, built once per push and shared by every node's view, so a
+    push costs the size of the cluster once plus the size of each view, not nodes x cluster."""
+
+    def __init__(self, store: BaseStore) -> None:
+        self.revision = store.revision
+        self.ingress = ingress_network(store)
+        self.nodes = {n["ID"]: n for n in store.peek("node")}
+        self.networks = {n["ID"]: _network_entry(n) for n in store.peek("network")}
+        services = {s["ID"]: s for s in store.peek("service")}
+        self.names = {sid: s["Spec"]["Name"] for sid, s in services.items()}
+        self.local: dict[str, list[Obj]] = {}
+        self.endpoints: dict[str, list[tuple[nv.EndpointEntry, nv.Attachment]]] = {}
+        self.nodes_on: dict[str, set[str]] = {}
+        for task in store.peek("task"):
+            if not on_node(task):
+                continue
+            self.local.setdefault(task["NodeID"], []).append(task)
+            addrs = _addrs(task)
+            if not addrs:
+                continue
+            base: nv.EndpointEntry = {
+                "id": task["ID"],
+                "name": f"{self.names.get(task['ServiceID'], task['ServiceID'])}."
+                        f"{task.get('Slot') or task['NodeID']}",
+                "service_id": task["ServiceID"], "node_id": task["NodeID"],
+                "state": task["Status"]["State"], "healthy": _healthy(task), "addrs": {}}
+            for net_id, att in addrs.items():
+                self.endpoints.setdefault(net_id, []).append((base, att))
+                self.nodes_on.setdefault(net_id, set()).add(task["NodeID"])
+        self.services_on: dict[str, list[tuple[Obj, str, list[str]]]] = {}
+        for svc in services.values():
+            vips = {v["NetworkID"]: v["Addr"].split("/")[0]
+                    for v in svc.get("Endpoint", {}).get("VirtualIPs", [])}
+            nets = {a["Target"]: list(a.get("Aliases") or [])
+                    for a in svc["Spec"]["TaskTemplate"]["Networks"]}
+            if self.ingress is not None and svc.get("Endpoint", {}).get("Ports"):
+                nets[self.ingress["ID"]] = []  # published: on the mesh of every node
+            for net_id, aliases in nets.items():
+                self.services_on.setdefault(net_id, []).append(
+                    (svc, vips.get(net_id, ""), aliases))
+
+    def view(self, node: Obj) -> nv.NodeView:
+        """What one node must know: its tasks, the networks they are on, all that is there."""
+        view = nv.empty_view(_peer(node, self.ingress))
+        view["revision"] = self.revision
+        local = self.local.get(node["ID"], [])
+        wanted = {a["Network"]["ID"] for t in local for a in t.get("NetworksAttachments", [])}
+        if self.ingress is not None and view["node"]["ingress_addr"]:
+            wanted.add(self.ingress["ID"])  # every node answers published ports
+        networks = {n: self.networks[n] for n in sorted(wanted) if n in self.networks}
+        view["networks"] = networks
+        for task in local:
+            entry = _task_entry(task, self.names.get(task["ServiceID"], task["ServiceID"]))
+            entry["addrs"] = {n: a for n, a in entry["addrs"].items() if n in networks}
+            view["tasks"][task["ID"]] = entry
+        peer_ids: set[str] = set()
+        endpoints = view["endpoints"]
+        services = view["services"]
+        for net_id in networks:
+            for base, att in self.endpoints.get(net_id, []):
+                entry = endpoints.get(base["id"])
+                if entry is None:
+                    entry = endpoints[base["id"]] = {**base, "addrs": {}}
+                entry["addrs"][net_id] = att
+            peer_ids |= self.nodes_on.get(net_id, set())
+            for svc, vip, aliases in self.services_on.get(net_id, []):
+                sentry = services.get(svc["ID"])
+                if sentry is None:
+                    sentry = services[svc["ID"]] = {
+                        "id": svc["ID"], "name": svc["Spec"]["Name"],
+                        "endpoint_mode": svc["Spec"]["EndpointSpec"]["Mode"],
+                        "vips": {}, "aliases": {},
+                        "ports": list(svc.get("Endpoint", {}).get("Ports") or [])}
+                if vip:
+                    sentry["vips"][net_id] = vip
+                sentry["aliases"][net_id] = aliases
+        if self.ingress is not None and self.ingress["ID"] in networks:
+            # On ingress every node is a peer: any of them may forward a published port.
+            peer_ids |= {n for n, node in self.nodes.items()
+                         if node["Status"]["State"] == "ready"
+                         and _ingress_addr(node, self.ingress)}
+        for peer_id in sorted(peer_ids):
+            peer = self.nodes.get(peer_id)
+            if peer is not None:
+                view["peers"][peer_id] = _peer(peer, self.ingress)
         return view
-    peer_ids = set()
-    for task in store.peek("task"):
-        if not on_node(task):
-            continue
-        addrs = _addrs(task, networks)
-        if not addrs:
-            continue
-        svc = services.get(task["ServiceID"])
-        running = task["Status"]["State"] == "running" and task["DesiredState"] == "running"
-        view["endpoints"][task["ID"]] = {
-            "id": task["ID"],
-            "name": f"{svc['Spec']['Name'] if svc else task['ServiceID']}."
-                    f"{task.get('Slot') or task['NodeID']}",
-            "service_id": task["ServiceID"], "node_id": task["NodeID"],
-            "state": task["Status"]["State"], "healthy": running, "addrs": addrs,
-        }
-        peer_ids.add(task["NodeID"])
-    for peer_id in sorted(peer_ids):
-        peer = store.get("node", peer_id)
-        if peer is not None:
-            view["peers"][peer_id] = {"id": peer_id, "name": peer["Description"]["Hostname"],
-                                      "addr": peer["Status"]["Addr"]}
-    for svc in services.values():
-        svc_nets = [a["Target"] for a in svc["Spec"]["TaskTemplate"]["Networks"]
-                    if a["Target"] in networks]
-        if not svc_nets:
-            continue
-        view["services"][svc["ID"]] = {
-            "id": svc["ID"], "name": svc["Spec"]["Name"],
-            "endpoint_mode": svc["Spec"]["EndpointSpec"]["Mode"],
-            "vips": {v["NetworkID"]: v["Addr"].split("/")[0]
-                     for v in svc.get("Endpoint", {}).get("VirtualIPs", [])
-                     if v["NetworkID"] in networks},
-            "aliases": {a["Target"]: list(a.get("Aliases") or [])
-                        for a in svc["Spec"]["TaskTemplate"]["Networks"]
-                        if a["Target"] in networks},
-            "ports": list(svc["Spec"]["EndpointSpec"].get("Ports") or []),
-        }
-    return view
+
+
+def compute_view(store: BaseStore, node: Obj) -> nv.NodeView:
+    return ViewIndex(store).view(node)
 
 
 class Dispatcher:
@@ -153,11 +228,14 @@ class Dispatcher:
     # --- pushing views ---
 
     async def push(self) -> None:
+        if not self.sessions:
+            return
+        index = ViewIndex(self.store)
         for session in list(self.sessions.values()):
-            node = self.store.get("node", session.node_id)
+            node = index.nodes.get(session.node_id)
             if node is None:
                 continue
-            new = compute_view(self.store, node)
+            new = index.view(node)
             if session.sent is None:
                 msg: dict[str, Any] = {"type": "snapshot", "view": new}
             else:
@@ -269,6 +347,8 @@ class Dispatcher:
                     container["PID"] = int(report["pid"])
                 if report.get("exit_code") is not None:
                     container["ExitCode"] = int(report["exit_code"])
+                if report.get("health") in ("starting", "healthy", "unhealthy"):
+                    container["Health"] = report["health"]
                 task["Status"]["ContainerStatus"] = container
                 tx.update("task", task)
 

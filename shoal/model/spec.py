@@ -57,6 +57,25 @@ def service_spec(body: Any) -> Obj:
     if container.get("Dir") is not None and not isinstance(container["Dir"], str):
         raise InvalidArgument("ContainerSpec.Dir must be a string")
 
+    health = container.get("Healthcheck")
+    if health is not None:
+        health = _dict(health, "ContainerSpec.Healthcheck")
+        test = _str_list(health.get("Test"), "Healthcheck.Test")
+        if test and test[0] not in ("NONE", "CMD", "CMD-SHELL"):
+            raise InvalidArgument("Healthcheck.Test must start with NONE, CMD or CMD-SHELL")
+        if test[:1] in (["CMD"], ["CMD-SHELL"]) and len(test) < 2:
+            raise InvalidArgument("Healthcheck.Test names no command")
+        for field in ("Interval", "Timeout", "StartPeriod", "Retries"):
+            value = health.get(field)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise InvalidArgument(f"Healthcheck.{field} must be a whole number >= 0")
+        for field in ("Interval", "Timeout"):
+            if 0 < (health.get(field) or 0) < 1_000_000:
+                raise InvalidArgument(f"Healthcheck.{field} must be at least 1ms")
+    grace = container.get("StopGracePeriod")
+    if grace is not None and (not isinstance(grace, int) or grace < 0):
+        raise InvalidArgument("ContainerSpec.StopGracePeriod must be a whole number of ns >= 0")
+
     restart = template["RestartPolicy"] = _dict(template.get("RestartPolicy"), "RestartPolicy")
     condition = restart.setdefault("Condition", "any")
     if condition not in RESTART_CONDITIONS:
@@ -96,11 +115,45 @@ def service_spec(body: Any) -> Obj:
     endpoint.setdefault("Mode", "vip")
     if endpoint["Mode"] not in ("vip", "dnsrr"):
         raise InvalidArgument("EndpointSpec.Mode must be vip or dnsrr")
-    if endpoint.get("Ports"):
-        # Published ports need the routing mesh; accepting them without it would be a lie.
-        raise InvalidArgument("published ports are not supported yet (they come with the "
-                              "routing mesh)")
+    endpoint["Ports"] = ports(endpoint.get("Ports"), endpoint["Mode"])
+    if not endpoint["Ports"]:
+        del endpoint["Ports"]
     return spec
+
+
+def ports(value: Any, endpoint_mode: str) -> list[Obj]:
+    """EndpointSpec.Ports, checked: each {Protocol, TargetPort, PublishedPort, PublishMode}."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidArgument("EndpointSpec.Ports must be a list")
+    out, seen = [], set()
+    for port in value:
+        port = dict(_dict(port, "EndpointSpec.Ports[]"))
+        proto = port.setdefault("Protocol", "tcp")
+        if proto not in ("tcp", "udp"):
+            raise InvalidArgument(f"port protocol {proto!r}: use tcp or udp")
+        mode = port.setdefault("PublishMode", "ingress")
+        if mode not in ("ingress", "host"):
+            raise InvalidArgument(f"port publish mode {mode!r}: use ingress or host")
+        target = port.get("TargetPort")
+        published = port.setdefault("PublishedPort", 0)
+        for field, number, low in (("TargetPort", target, 1), ("PublishedPort", published, 0)):
+            if not isinstance(number, int) or isinstance(number, bool) \
+                    or not low <= number <= 65535:
+                raise InvalidArgument(f"{field} must be a port number from {low} to 65535, "
+                                      f"not {number!r}")
+        if mode == "host" and not published:
+            raise InvalidArgument(f"host mode port {target}/{proto} needs a published port")
+        if mode == "ingress" and endpoint_mode == "dnsrr":
+            raise InvalidArgument("ports published in ingress mode need endpoint mode vip "
+                                  "(dnsrr has no VIP to balance with)")
+        key = (published or f"auto{target}", proto)
+        if key in seen:
+            raise InvalidArgument(f"port {published}/{proto} is published twice")
+        seen.add(key)
+        out.append(port)
+    return out
 
 
 def replicas(spec: Obj) -> int | None:

@@ -23,12 +23,14 @@ class NetworkEntry(TypedDict):
     vni: int  # VXLAN id, 4096 and up
     internal: bool
     encrypted: bool
+    ingress: bool  # the routing mesh's network: every node is on it; no name service there
 
 
 class PeerEntry(TypedDict):
     id: str  # node id
     name: str
     addr: str  # underlay address, "198.18.0.12"
+    ingress_addr: str  # the node's own address on the ingress network, "" if none yet
 
 
 class ServiceEntry(TypedDict):
@@ -37,7 +39,7 @@ class ServiceEntry(TypedDict):
     endpoint_mode: str  # "vip" or "dnsrr"
     vips: dict[str, str]  # network id -> "10.0.1.2"
     aliases: dict[str, list[str]]  # network id -> extra names on that network
-    ports: list[dict[str, Any]]  # Docker's EndpointSpec.Ports entries
+    ports: list[dict[str, Any]]  # Endpoint.Ports: {Protocol, TargetPort, PublishedPort, ...}
 
 
 class Attachment(TypedDict):
@@ -58,6 +60,16 @@ class EndpointEntry(TypedDict):
     addrs: dict[str, Attachment]  # network id -> address on it
 
 
+class HealthCheck(TypedDict):
+    """ContainerSpec.Healthcheck in seconds; test is Docker's ["CMD", ...] or ["CMD-SHELL", s]."""
+
+    test: list[str]
+    interval: float
+    timeout: float
+    retries: int
+    start_period: float
+
+
 class TaskEntry(TypedDict):
     """A task assigned to this node: what the agent must run."""
 
@@ -72,6 +84,8 @@ class TaskEntry(TypedDict):
     env: list[str]  # "K=V"
     dir: str
     dns: dict[str, list[str]]  # ContainerSpec.DNSConfig: nameservers, search, options
+    healthcheck: HealthCheck | None
+    stop_grace: float  # seconds between SIGTERM and SIGKILL
     addrs: dict[str, Attachment]  # network id -> address on it
 
 

@@ -113,9 +113,10 @@ async def test_stale_version_on_update_is_refused(api):
 
 
 async def test_encrypted_is_refused_rather_than_cleartext(api):
+    before = counts(api)
     code, body = await make_network(api, Options={"encrypted": ""})
     assert code == 400 and "encrypted" in body["message"]
-    assert counts(api)[1] == 0
+    assert counts(api) == before
 
 
 async def test_network_in_use_cannot_be_removed(api):
@@ -154,3 +155,66 @@ async def test_sdk_shapes_are_accepted(api):
     assert r.status == 200
     svc = await (await api.get("/services/py")).json()
     assert svc["Spec"]["Mode"] == {"Replicated": {"Replicas": 3}}
+
+
+def published(*ports):
+    spec = service()
+    spec["EndpointSpec"] = {"Ports": [dict(p) for p in ports]}
+    return spec
+
+
+async def test_published_ports_are_allocated_and_conflicts_refused(api):
+    await make_network(api)
+    r = await api.post("/services/create", json={**published(
+        {"TargetPort": 80, "PublishedPort": 8080}, {"TargetPort": 53, "Protocol": "udp"}),
+        "Name": "web"})
+    assert r.status == 201
+    svc = await (await api.get("/services/web")).json()
+    ports = svc["Endpoint"]["Ports"]
+    assert ports[0] == {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080,
+                        "PublishMode": "ingress"}
+    assert 30000 <= ports[1]["PublishedPort"] <= 32767
+    ingress = await (await api.get("/networks/ingress")).json()
+    assert ingress["Ingress"] and {v["NetworkID"] for v in svc["Endpoint"]["VirtualIPs"]} == {
+        ingress["Id"], (await (await api.get("/networks/appnet")).json())["Id"]}
+    before = counts(api)
+    r = await api.post("/services/create", json={**published(
+        {"TargetPort": 81, "PublishedPort": 8080}), "Name": "other"})
+    assert r.status == 409 and "8080/tcp is already published" in (await r.json())["message"]
+    assert counts(api) == before
+    # The same port on udp is another port.
+    r = await api.post("/services/create", json={**published(
+        {"TargetPort": 81, "PublishedPort": 8080, "Protocol": "udp"}), "Name": "other"})
+    assert r.status == 201
+    # Removing the service frees its ports.
+    assert (await api.delete("/services/web")).status == 200
+    r = await api.post("/services/create", json={**published(
+        {"TargetPort": 80, "PublishedPort": 8080}), "Name": "again"})
+    assert r.status == 201
+
+
+async def test_an_update_keeps_an_auto_published_port(api):
+    await make_network(api)
+    await api.post("/services/create", json={**published({"TargetPort": 80}), "Name": "web"})
+    svc = await (await api.get("/services/web")).json()
+    port = svc["Endpoint"]["Ports"][0]["PublishedPort"]
+    spec = svc["Spec"]
+    spec["Mode"]["Replicated"]["Replicas"] = 3
+    r = await api.post(f"/services/web/update?version={svc['Version']['Index']}", json=spec)
+    assert r.status == 200
+    svc = await (await api.get("/services/web")).json()
+    assert svc["Endpoint"]["Ports"][0]["PublishedPort"] == port
+
+
+@pytest.mark.parametrize("port, words", [
+    ({"TargetPort": 0}, "TargetPort"),
+    ({"TargetPort": 80, "Protocol": "sctp"}, "protocol"),
+    ({"TargetPort": 80, "PublishedPort": 70000}, "PublishedPort"),
+    ({"TargetPort": 80, "PublishMode": "host"}, "needs a published port"),
+])
+async def test_bad_ports_are_refused(api, port, words):
+    await make_network(api)
+    before = counts(api)
+    r = await api.post("/services/create", json=published(port))
+    assert r.status == 400 and words in (await r.json())["message"]
+    assert counts(api) == before
