@@ -24,7 +24,7 @@ from shoal.errors import ShoalError
 def handle(dp: Dataplane, req: dict[str, Any]) -> Any:
     op = req["op"]
     if op == "sync":
-        return dp.sync(req["view"])
+        return dp.sync(req["view"], force=bool(req.get("force")))
     if op == "attach":
         return dp.attach(req["task"], req["view"])
     if op == "detach":

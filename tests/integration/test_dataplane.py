@@ -309,7 +309,7 @@ def test_sync_twice_is_a_no_op_and_drift_is_repaired(
         "shvx4200", "nud", "permanent")
     run("ip", "-n", t1ns, "addr", "flush", "dev", "eth0")
     run("ip", "-n", ns, "link", "del", "shv" + tid(3)[:8] + "0")
-    assert n1.call("sync", view=n1.view())["changes"] == 4
+    assert n1.call("sync", view=n1.view(), force=True)["changes"] == 4
     assert sum(r["changes"] for r in n1.up()) >= 3
     assert n1.call("sync", view=n1.view())["changes"] == 0
     assert all(r["changes"] == 0 for r in n1.up())
