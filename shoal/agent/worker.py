@@ -12,15 +12,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shoal.agent import runtime
+from shoal.agent import health, runtime
 from shoal.agent.session import Session
 from shoal.dataplane import Dataplane
+from shoal.dataplane.ingress import Ingress
+from shoal.dataplane.lb import LoadBalancer
+from shoal.dns import resolvconf
+from shoal.dns.process import DnsOptions, Resolver, ResolverError
 from shoal.errors import ShoalError
+from shoal.mesh import MeshError, MeshOptions, MeshProcess, ServiceRoutes, routes_from_services
 from shoal.model import view as nv
 
 log = logging.getLogger("shoal.agent")
 
-STOP_GRACE = 10.0  # Docker's default stop grace period
+DRAIN_DELAY = 1.0  # seconds a stopping task keeps serving after it left every load balancer
+RESYNC_EVERY = 30.0  # seconds between full re-reads of the kernel, to repair drift
 NO_COMMAND = ("the service has no command: shoal runs a command from the node's own filesystem, "
               "not an image; give one after the image name")
 
@@ -33,11 +39,13 @@ class LocalTask:
     state: str = "accepted"
     stopping: bool = False
     waiter: asyncio.Task[None] | None = field(default=None, repr=False)
+    health: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class Agent:
     def __init__(self, manager: str, hostname: str, addr: str, state_dir: str,
-                 ns_prefix: str) -> None:
+                 ns_prefix: str, dns: DnsOptions | None = None,
+                 mesh_ports: tuple[int, int] = (80, 443)) -> None:
         self.hostname = hostname
         self.addr = addr
         self.state_dir = Path(state_dir)
@@ -49,6 +57,18 @@ class Agent:
         self.dataplane: Dataplane | None = None
         self._changed = asyncio.Event()
         self.session = Session(manager, self)
+        # The node's DNS server for its tasks, a child process fed every view change (shoal.dns).
+        self.resolver = Resolver(dns)
+        self.lb = LoadBalancer()  # VIPs, inside each task's namespace
+        self.ingress = Ingress()  # published ports, in the node's namespace
+        self.drain_delay = DRAIN_DELAY
+        self._peers: object = None  # the peers the tasks' reply routes were made for
+        # The HTTP routing mesh on this node's own address (shoal.mesh); port 0 turns it off.
+        http, https = mesh_ports
+        self.mesh = MeshProcess(MeshOptions(
+            http=f"{addr}:{http}" if http else "none", https=f"{addr}:{https}" if https
+            else "none")) if http or https else None
+        self._mesh_routes: object = None
 
     # --- identity ---
 
@@ -64,6 +84,7 @@ class Agent:
             # A restarted agent starts clean: what the manager still wants comes back from
             # the snapshot; nothing half-made by a previous run is trusted.
             self.dataplane.teardown()
+            resolvconf.remove_stale(self.ns_prefix)
 
     def register_message(self) -> dict[str, Any]:
         return {"type": "register", "node_id": self.node_id, "hostname": self.hostname,
@@ -75,11 +96,14 @@ class Agent:
 
     def set_view(self, view: nv.NodeView) -> None:
         self.view = view
+        self.resolver.set_view(view)
         self._changed.set()
 
     def apply_delta(self, delta: dict[str, Any]) -> None:
         if self.view is not None:
             self.view = nv.apply_delta(self.view, delta)
+            # At once, not at the next reconcile: names follow the view, not the task starts.
+            self.resolver.apply_delta(delta, self.view)
             self._changed.set()
 
     # --- reports ---
@@ -114,13 +138,26 @@ class Agent:
     # --- the loop ---
 
     async def run(self) -> None:
+        await self.resolver.start()
+        if self.mesh is not None:
+            try:
+                await self.mesh.start()
+            except MeshError as exc:
+                # Tasks, names and VIPs do not depend on it: run on without the mesh.
+                log.error("the HTTP routing mesh cannot start: %s; running without it", exc)
+                await self.mesh.stop()
+                self.mesh = None
         session = asyncio.create_task(self.session.run())
         try:
             while True:
-                await self._changed.wait()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), RESYNC_EVERY)
+                    force = False
+                except TimeoutError:
+                    force = True
                 self._changed.clear()
                 try:
-                    await self.reconcile()
+                    await self.reconcile(force)
                 except ShoalError as exc:
                     log.error("reconcile failed: %s; retrying", exc)
                     await asyncio.sleep(0.5)
@@ -129,7 +166,7 @@ class Agent:
             session.cancel()
             await self.shutdown()
 
-    async def reconcile(self) -> None:
+    async def reconcile(self, force: bool = False) -> None:
         view, dp = self.view, self.dataplane
         if view is None or dp is None:
             return
@@ -144,12 +181,47 @@ class Agent:
                 elif entry is None and local.process is None:
                     self._forget(task_id)
         # 2. The overlay networks this node's tasks are on, and their peers.
-        await asyncio.to_thread(dp.sync, view)
+        await asyncio.to_thread(dp.sync, view, force)
         # 3. Start what is new.
         for task_id, entry in wanted.items():
             if entry["desired_state"] == "running" and task_id not in self.tasks:
                 local = self.tasks[task_id] = LocalTask(entry)
                 await self._start(local, view)
+        # 4. Reply routes back to every node that may forward to a task (see plan.py).
+        peers = {k: (p["addr"], p.get("ingress_addr")) for k, p in view["peers"].items()}
+        if peers != self._peers or force:
+            for local in list(self.tasks.values()):
+                if local.netns and not local.stopping and local.entry["id"] in wanted:
+                    await asyncio.to_thread(dp.attach, wanted[local.entry["id"]], view)
+            self._peers = peers
+        # 5. VIPs in every local task's namespace, and the node's published ports.
+        netns_of = {task_id: t.netns for task_id, t in self.tasks.items()
+                    if t.netns and not t.stopping}
+        await asyncio.to_thread(self.lb.sync, view, netns_of)
+        await asyncio.to_thread(self.ingress.sync, view)
+        await self._sync_mesh(view)
+
+    async def _sync_mesh(self, view: nv.NodeView) -> None:
+        """Host names to the healthy tasks' ingress addresses, from the services' labels."""
+        if self.mesh is None:
+            return
+        ingress = next((i for i, n in view["networks"].items() if n["ingress"]), None)
+        services = []
+        for svc in sorted(view["services"].values(), key=lambda s: s["name"]):
+            addrs = tuple(sorted(ep["addrs"][ingress]["ip"] for ep in view["endpoints"].values()
+                                 if ep["service_id"] == svc["id"] and ep["healthy"]
+                                 and ingress in ep["addrs"]))
+            services.append(ServiceRoutes(svc["name"], svc.get("labels", {}), addrs))
+        table, problems = routes_from_services(services)
+        if table == self._mesh_routes:
+            return
+        for problem in problems:
+            log.warning("routing mesh: %s", problem)
+        try:
+            await self.mesh.set_routes(table)
+            self._mesh_routes = table
+        except MeshError as exc:
+            log.error("routing mesh: %s", exc)
 
     async def _start(self, local: LocalTask, view: nv.NodeView) -> None:
         entry = local.entry
@@ -165,6 +237,7 @@ class Agent:
                         netns=local.netns)
             return
         self.report(entry["id"], "starting", "starting", netns=local.netns)
+        await self._dns_attach(entry, local.netns)
         env = {"HOSTNAME": entry["name"], "SHOAL_TASK_ID": entry["id"],
                "SHOAL_TASK_NAME": entry["name"], "SHOAL_SERVICE_NAME": entry["service_name"]}
         env.update(v.split("=", 1) for v in entry["env"] if "=" in v)  # type: ignore[misc]
@@ -176,6 +249,29 @@ class Agent:
             return
         self.report(entry["id"], "running", "started", pid=local.process.pid, netns=local.netns)
         local.waiter = asyncio.create_task(self._wait(local))
+        if entry.get("healthcheck"):
+            local.health = asyncio.create_task(self._watch_health(local, env))
+
+    async def _watch_health(self, local: LocalTask, env: dict[str, str]) -> None:
+        entry = local.entry
+        check = entry["healthcheck"]
+        assert check is not None and local.process is not None
+        pid = local.process.pid
+
+        def report(status: str) -> None:
+            if not local.stopping:
+                self.report(entry["id"], "running", f"health: {status}", health=status, pid=pid,
+                            netns=local.netns)
+
+        await health.monitor(local.netns, check, env, report)
+        if local.stopping or local.process is None:
+            return
+        # Unhealthy: it already left the load balancers with that report; stop it and let
+        # the orchestrator replace it, as Docker swarm does.
+        local.stopping = True
+        code = await runtime.stop(local.process, entry["stop_grace"])
+        self.report(entry["id"], "failed", "unhealthy", err="task: unhealthy container",
+                    exit_code=code, netns=local.netns)
 
     async def _wait(self, local: LocalTask) -> None:
         assert local.process is not None
@@ -193,14 +289,23 @@ class Agent:
 
     async def _stop(self, local: LocalTask, forget: bool) -> None:
         task_id = local.entry["id"]
+        if local.health is not None:
+            local.health.cancel()
         try:
             if local.process is not None:
-                code = await runtime.stop(local.process, STOP_GRACE)
+                if local.process.proc.returncode is None and self.drain_delay > 0:
+                    # The manager took it out of every view when it was told to stop; let
+                    # the load balancers follow and requests in flight finish first.
+                    await asyncio.sleep(self.drain_delay)
+                code = await runtime.stop(local.process, local.entry["stop_grace"])
                 if local.state not in ("complete", "failed"):
                     self.report(task_id, "shutdown", "shutdown", exit_code=code,
                                 netns=local.netns)
             elif local.state not in ("complete", "failed", "rejected"):
                 self.report(task_id, "shutdown", "shutdown", netns=local.netns)
+            await self.resolver.detach(task_id)
+            if local.netns:
+                resolvconf.remove(local.netns)
             if self.dataplane is not None:
                 await asyncio.to_thread(self.dataplane.detach, task_id)
         except ShoalError as exc:
@@ -211,6 +316,21 @@ class Agent:
         if forget or view is None or task_id not in view["tasks"]:
             self._forget(task_id)
 
+    async def _dns_attach(self, entry: nv.TaskEntry, netns: str) -> None:
+        """Before the task's first process: its resolv.conf (bound over /etc/resolv.conf by
+        `ip netns exec`) and the resolver's sockets on 127.0.0.11:53 in its namespace."""
+        dns = entry.get("dns") or {}
+        try:
+            await asyncio.to_thread(resolvconf.write, netns, dns.get("search"),
+                                    dns.get("options"))
+        except OSError as exc:
+            log.error("task %s: cannot write its resolv.conf: %s", entry["name"], exc)
+        try:
+            await self.resolver.attach(entry["id"], netns)
+        except ResolverError as exc:
+            # The task runs anyway; a restarted resolver attaches it again.
+            log.error("task %s: the resolver did not attach: %s", entry["name"], exc)
+
     def _forget(self, task_id: str) -> None:
         self.tasks.pop(task_id, None)
         self.reports.pop(task_id, None)
@@ -220,7 +340,20 @@ class Agent:
         stops = [runtime.stop(t.process, 2.0) for t in self.tasks.values() if t.process]
         for t in self.tasks.values():
             t.stopping = True
+            if t.health is not None:
+                t.health.cancel()
         await asyncio.gather(*stops, return_exceptions=True)
+        await self.resolver.stop()
+        if self.mesh is not None:
+            await self.mesh.stop()
+        for t in self.tasks.values():
+            if t.netns:
+                resolvconf.remove(t.netns)
+        self.lb.close()
+        try:
+            self.ingress.close()
+        except ShoalError as exc:
+            log.error("removing the published ports: %s", exc)
         if self.dataplane is not None:
             self.dataplane.teardown()
             self.dataplane.close()

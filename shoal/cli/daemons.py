@@ -13,8 +13,12 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from shoal.dns.process import DnsOptions
 
 log = logging.getLogger("shoal")
 
@@ -55,10 +59,10 @@ async def run_manager(state_dir: str, socket_path: str, listen: str) -> None:
 
 
 async def run_agent(manager: str, hostname: str, addr: str, state_dir: str,
-                    ns_prefix: str) -> None:
+                    ns_prefix: str, dns: DnsOptions | None = None) -> None:
     from shoal.agent import Agent
 
-    agent = Agent(manager, hostname, addr, state_dir, ns_prefix)
+    agent = Agent(manager, hostname, addr, state_dir, ns_prefix, dns)
     task = asyncio.create_task(agent.run())
     await _until_signalled()
     task.cancel()

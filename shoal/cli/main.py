@@ -88,10 +88,15 @@ def cmd_manager(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from shoal import preflight
     from shoal.cli.daemons import run_agent
+    from shoal.dns.process import DnsOptions
 
     preflight.check()
+    upstreams = tuple(u for item in args.dns_upstream or [] for u in item.split(",") if u)
+    dns = DnsOptions(upstreams=upstreams, vip_ttl=args.dns_vip_ttl, task_ttl=args.dns_task_ttl,
+                     forward_timeout=args.dns_timeout, max_forwards=args.dns_max_forwards,
+                     debug=args.debug)
     asyncio.run(run_agent(args.manager, args.hostname, args.addr, args.state_dir,
-                          args.ns_prefix))
+                          args.ns_prefix, dns))
     return 0
 
 
@@ -172,6 +177,28 @@ def _network_attachment(value: str) -> dict[str, Any]:
     return {"Target": target, "Aliases": aliases}
 
 
+def _publish(value: str) -> dict[str, Any]:
+    """Docker's forms: 8080:80, 80 (a port from 30000-32767), 8080:80/udp, and the long form
+    mode=host,published=8080,target=80,protocol=tcp."""
+    try:
+        if "=" in value:
+            fields = dict(part.split("=", 1) for part in value.split(","))
+            port = {"TargetPort": int(fields.pop("target")),
+                    "PublishedPort": int(fields.pop("published", 0)),
+                    "Protocol": fields.pop("protocol", "tcp"),
+                    "PublishMode": fields.pop("mode", "ingress")}
+            if fields:
+                raise ValueError(f"unknown field {sorted(fields)[0]!r}")
+            return port
+        ports, _, proto = value.partition("/")
+        published, _, target = ports.rpartition(":")
+        return {"TargetPort": int(target), "PublishedPort": int(published or 0),
+                "Protocol": proto or "tcp", "PublishMode": "ingress"}
+    except (ValueError, KeyError) as exc:
+        raise InvalidArgument(f"invalid --publish {value!r}: {exc}; use PUBLISHED:TARGET[/udp] "
+                              "or mode=host,published=P,target=T") from exc
+
+
 def cmd_service(args: argparse.Namespace) -> int:  # noqa: C901 - one branch per subcommand
     c = _client(args)
     sub = args.svc_cmd
@@ -181,6 +208,18 @@ def cmd_service(args: argparse.Namespace) -> int:  # noqa: C901 - one branch per
                                      "Env": args.env or []}
         if args.workdir:
             container["Dir"] = args.workdir
+        if args.dns or args.dns_search or args.dns_option:
+            container["DNSConfig"] = {"Nameservers": args.dns or [],
+                                      "Search": args.dns_search or [],
+                                      "Options": args.dns_option or []}
+        if args.health_cmd:
+            container["Healthcheck"] = {
+                "Test": ["CMD-SHELL", args.health_cmd],
+                "Interval": int(args.health_interval * 1e9),
+                "Timeout": int(args.health_timeout * 1e9), "Retries": args.health_retries,
+                "StartPeriod": int(args.health_start_period * 1e9)}
+        if args.stop_grace_period is not None:
+            container["StopGracePeriod"] = int(args.stop_grace_period * 1e9)
         restart: dict[str, Any] = {"Condition": args.restart_condition}
         if args.restart_delay is not None:
             restart["Delay"] = int(args.restart_delay * 1e9)
@@ -191,7 +230,9 @@ def cmd_service(args: argparse.Namespace) -> int:  # noqa: C901 - one branch per
         spec = {"Name": args.name, "Labels": _kv(args.label, "label"),
                 "TaskTemplate": {"ContainerSpec": container, "RestartPolicy": restart,
                                  "Networks": [_network_attachment(n) for n in args.network or []]},
-                "Mode": mode, "EndpointSpec": {"Mode": args.endpoint_mode}}
+                "Mode": mode, "EndpointSpec": {
+                    "Mode": args.endpoint_mode,
+                    "Ports": [_publish(p) for p in args.publish or []]}}
         out = c.request("POST", "/services/create", spec)
         print(out["ID"])
     elif sub == "ls":
@@ -203,10 +244,14 @@ def cmd_service(args: argparse.Namespace) -> int:  # noqa: C901 - one branch per
         for s in services:
             st = s.get("ServiceStatus", {})
             mode = "replicated" if "Replicated" in s["Spec"]["Mode"] else "global"
+            ports = ",".join(
+                f"{'*' if p['PublishMode'] == 'ingress' else 'host'}:{p['PublishedPort']}->"
+                f"{p['TargetPort']}/{p['Protocol']}" for p in s.get("Endpoint", {}).get(
+                    "Ports", []))
             rows.append([s["ID"][:12], s["Spec"]["Name"], mode,
                          f"{st.get('RunningTasks', 0)}/{st.get('DesiredTasks', 0)}",
-                         s["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]])
-        print(table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE"], rows))
+                         s["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"], ports])
+        print(table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows))
     elif sub == "ps":
         svc = c.find("service", args.service)
         tasks = c.get("/tasks", filters=json.dumps({"service": {svc["ID"]: True}}))
@@ -345,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--addr", required=True, help="this node's underlay address")
     ag.add_argument("--state-dir", required=True)
     ag.add_argument("--ns-prefix", default="shoal-")
+    ag.add_argument("--dns-upstream", action="append", metavar="IP[:PORT][,...]",
+                    help="where the node's resolver sends names it does not know (up to 3, "
+                    "in order; repeat or comma-separate); default: the node's /etc/resolv.conf "
+                    "without loopback addresses")
+    ag.add_argument("--dns-vip-ttl", type=int, default=600, metavar="SECONDS",
+                    help="TTL of answers that name a service VIP (default 600)")
+    ag.add_argument("--dns-task-ttl", type=int, default=0, metavar="SECONDS",
+                    help="TTL of answers that name task addresses (default 0: never cached)")
+    ag.add_argument("--dns-timeout", type=float, default=2.0, metavar="SECONDS",
+                    help="how long to wait for each upstream (default 2)")
+    ag.add_argument("--dns-max-forwards", type=int, default=256, metavar="N",
+                    help="forwarded queries in flight; beyond, REFUSED (default 256)")
     ag.set_defaults(func=cmd_agent)
 
     node = sub.add_parser("node", help="cluster nodes")
@@ -380,7 +437,22 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--network", action="append", metavar="NET|name=NET,alias=A")
     sc.add_argument("-e", "--env", action="append", metavar="K=V")
     sc.add_argument("-w", "--workdir")
+    sc.add_argument("--dns", action="append", metavar="IP",
+                    help="upstream DNS server for this service's tasks (replaces the node's)")
+    sc.add_argument("--dns-search", action="append", metavar="DOMAIN")
+    sc.add_argument("--dns-option", action="append", metavar="OPT", help="e.g. ndots:2")
     sc.add_argument("--label", action="append", metavar="K=V")
+    sc.add_argument("-p", "--publish", action="append", metavar="PUBLISHED:TARGET",
+                    help="publish a port on every node (the routing mesh); also "
+                    "mode=host,published=P,target=T")
+    sc.add_argument("--health-cmd", metavar="CMD", help="run in the task's namespace; "
+                    "exit 0 means healthy")
+    sc.add_argument("--health-interval", type=float, default=30.0, metavar="SECONDS")
+    sc.add_argument("--health-timeout", type=float, default=30.0, metavar="SECONDS")
+    sc.add_argument("--health-retries", type=int, default=3)
+    sc.add_argument("--health-start-period", type=float, default=0.0, metavar="SECONDS")
+    sc.add_argument("--stop-grace-period", type=float, metavar="SECONDS",
+                    help="between SIGTERM and SIGKILL (default 10)")
     sc.add_argument("--endpoint-mode", choices=["vip", "dnsrr"], default="vip")
     sc.add_argument("--restart-condition", choices=["none", "on-failure", "any"], default="any")
     sc.add_argument("--restart-delay", type=float, metavar="SECONDS")

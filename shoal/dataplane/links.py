@@ -221,12 +221,12 @@ class Netlink:
                     fwmark=mark, fwmask=0xFFFFFFFF, table=table, priority=priority)
 
     def default_routes(self) -> dict[int, tuple[str | None, int | None]]:
-        """table -> (gateway, oif) of the IPv4 default routes outside the main tables."""
+        """table -> (gateway, oif) of the IPv4 default routes (main included, not local)."""
         out = {}
         for msg in self._call("list routes", self.ipr.route, "dump", family=AF_INET,
                               table=0):
             table = msg.get_attr("RTA_TABLE") or msg["table"]
-            if msg["dst_len"] == 0 and table not in (253, 254, 255):
+            if msg["dst_len"] == 0 and table not in (253, 255):
                 out[table] = (msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF"))
         return out
 

@@ -103,6 +103,7 @@ class ReplyRoute(NamedTuple):
 
 
 REPLY_RULE_PRIORITY = 100
+MAIN_TABLE = 254
 
 
 def mark_for(ingress_addr: str) -> int:
@@ -119,10 +120,15 @@ def plan_reply_routes(task: TaskEntry, view: NodeView) -> list[ReplyRoute]:
     if ingress_id is None or ingress_id not in task["addrs"]:
         return []
     ifname = names.task_ifname(sorted(task["addrs"]).index(ingress_id))
-    nodes = {view["node"].get("ingress_addr")} | {
-        p.get("ingress_addr") for p in view["peers"].values()}
-    return [ReplyRoute(mark_for(addr), 0x10000 | mark_for(addr), addr, ifname)
-            for addr in sorted(a for a in nodes if a)]
+    own = view["node"].get("ingress_addr")
+    nodes = {own} | {p.get("ingress_addr") for p in view["peers"].values()}
+    routes = [ReplyRoute(mark_for(addr), 0x10000 | mark_for(addr), addr, ifname)
+              for addr in sorted(a for a in nodes if a)]
+    if own:
+        # A reply's first route lookup happens before any hook can mark it (a SYN-ACK, a UDP
+        # sendto): without a default route it would fail there. The mark then re-routes it.
+        routes.append(ReplyRoute(0, MAIN_TABLE, own, ifname))
+    return routes
 
 
 def plan_task_links(task: TaskEntry, view: NodeView) -> list[TaskLink]:

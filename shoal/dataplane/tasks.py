@@ -75,7 +75,7 @@ def _sync_reply_routes(inner: Netlink, routes: list[ReplyRoute]) -> None:
         if table not in {r.table for r in routes}:
             inner.default_route_del(table)
     for r in routes:
-        if rules.get(r.mark) != (r.table, REPLY_RULE_PRIORITY):
+        if r.mark and rules.get(r.mark) != (r.table, REPLY_RULE_PRIORITY):
             inner.rule_add(r.mark, r.table, REPLY_RULE_PRIORITY)
         dev = inner.link(r.ifname)
         if dev is None:

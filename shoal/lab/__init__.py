@@ -4,9 +4,11 @@
 
     shoal-<lab>-sw      a switch: bridge br0, one port per host
     shoal-<lab>-nodeI   a node: eth0 198.18.0.(10+I)/24, runs an agent; node1 runs the manager
-    shoal-<lab>-ext     the outside world: eth0 198.18.0.2/24
+    shoal-<lab>-ext     the outside world: eth0 198.18.0.2/24, a DNS server (dnsmasq) on :53
 
-then starts `python -m shoal manager` in node1 and `python -m shoal agent` in every node, and
+then starts dnsmasq in ext (outside names such as www.outside.test, from a hosts file; every
+agent gets it as its DNS upstream), `python -m shoal manager` in node1 and
+`python -m shoal agent` in every node, and
 waits until the manager's Docker API (unix:///run/shoal/<lab>/docker.sock) lists every node as
 ready. Nothing is added to the machine's own namespace except files under /run/shoal/<lab>
 (pids, the docker socket) and /var/lib/shoal/<lab> (state, logs); there is no default route,
@@ -23,8 +25,10 @@ from shoal.lab.lifecycle import lab_down, lab_status, lab_up, wait_ready
 from shoal.lab.processes import (
     pid_of,
     start_agent,
+    start_dnsmasq,
     start_manager,
     stop_agent,
+    stop_dnsmasq,
     stop_manager,
 )
 
@@ -38,8 +42,10 @@ __all__ = [
     "lab_up",
     "pid_of",
     "start_agent",
+    "start_dnsmasq",
     "start_manager",
     "stop_agent",
+    "stop_dnsmasq",
     "stop_manager",
     "wait_ready",
 ]

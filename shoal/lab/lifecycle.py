@@ -1,8 +1,9 @@
 """Bring a lab up, find it, take it down.
 
-Up, in order: topology (idempotent), manager, agents, then wait until the manager's Docker API
-lists every node as ready. Down, in reverse: agents (together), manager, any process still in
-a lab namespace, the namespaces, then the lab's files. Down trusts only what the lab owns: its
+Up, in order: topology (idempotent), ext's DNS server, manager, agents, then wait until the
+manager's Docker API lists every node as ready. Down, in reverse: agents and ext's DNS server
+(together), manager, any process still in a lab namespace, the namespaces, then the lab's
+files. Down trusts only what the lab owns: its
 pid files (checked against each process's command line) and its "shoal-<lab>-" prefix.
 """
 
@@ -115,6 +116,7 @@ def lab_up(
     _write_config(lab)
     topology.build(lab)
     if start_processes:
+        processes.start_dnsmasq(lab)
         processes.start_manager(lab)
         for node in lab.nodes:
             processes.start_agent(lab, node)

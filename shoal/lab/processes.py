@@ -1,14 +1,23 @@
-"""The lab's processes: the manager in node1's namespace, an agent in every node's namespace.
+"""The lab's processes: the manager in node1's namespace, an agent in every node's namespace,
+and the outside world's DNS server (dnsmasq) in ext's.
 
 Each runs detached (its own session, so its own process group), logs to
 /var/lib/shoal/<lab>/<proc>.log and has its pid in /run/shoal/<lab>/<proc>.pid, where <proc>
-is "manager" or the node's name. A pid is trusted only if that process's command line still
-carries the lab's state directory for it, so a recycled pid is never signalled.
+is "manager", the node's name or "dnsmasq". A pid is trusted only if that process's command
+line still carries the lab's own path for it (the manager's and agents' state directory,
+dnsmasq's hosts file), so a recycled pid is never signalled.
+
+dnsmasq answers on ext's 198.18.0.2:53 (UDP and TCP) from a hosts file of outside names
+(OUTSIDE_NAMES, under RFC 2606's .test), as the authority for every name (any other name is
+NXDOMAIN, as the real internet would say of a name that does not exist), and forwards
+nowhere. Agents get it as their upstream (`--dns-upstream 198.18.0.2`): forwarding is tested
+for real and no query can leave the lab.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -16,9 +25,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import shoal
+from shoal.errors import Unavailable
 from shoal.lab.layout import NETNS_RUN_DIR, Lab, LabNode
 
 STOP_TIMEOUT = 10.0
+DNSMASQ = "dnsmasq"  # its <proc> name: pid file, log
+OUTSIDE_NAMES = {"outside.test": "198.18.0.2", "www.outside.test": "198.18.0.2",
+                 "api.outside.test": "198.18.0.2"}
 
 # Popen objects of the children this process started, so that they are reaped (a zombie
 # would otherwise look alive).
@@ -56,7 +69,32 @@ def agent_argv(lab: Lab, node: LabNode) -> list[str]:
         "--addr", node.addr,
         "--state-dir", str(lab.node_state_dir(node)),
         "--ns-prefix", lab.prefix,
+        "--dns-upstream", lab.ext_addr,
     ]  # fmt: skip
+
+
+def hosts_file(lab: Lab) -> Path:
+    return lab.run_dir / "ext-hosts"
+
+
+def dnsmasq_argv(lab: Lab) -> list[str]:
+    return [
+        *enter(lab.ext_netns),
+        DNSMASQ, "--keep-in-foreground", "--log-facility=-",
+        "--conf-file=/dev/null",  # none of the machine's dnsmasq configuration
+        "--pid-file=",  # not /run/dnsmasq.pid: the lab writes its own pid file
+        "--no-resolv", "--no-hosts", "--no-poll", f"--addn-hosts={hosts_file(lab)}",
+        "--local=/#/",  # authoritative for every name: unknown ones are NXDOMAIN
+        f"--listen-address={lab.ext_addr}", "--bind-interfaces",
+        "--cache-size=1000",
+    ]  # fmt: skip
+
+
+def _ownership(lab: Lab, proc: str) -> list[bytes]:
+    """Consecutive argv entries that only lab `lab`'s `proc` has."""
+    if proc == DNSMASQ:
+        return [f"--addn-hosts={hosts_file(lab)}".encode()]
+    return [b"--state-dir", str(_state_dir(lab, proc)).encode()]
 
 
 def _state_dir(lab: Lab, proc: str) -> Path:
@@ -93,8 +131,8 @@ def _owned(lab: Lab, proc: str, pid: int) -> bool:
             break
         time.sleep(0.01)
     argv = cmdline.split(b"\0")
-    want = str(_state_dir(lab, proc)).encode()
-    return any(a == b"--state-dir" and b == want for a, b in zip(argv, argv[1:], strict=False))
+    want = _ownership(lab, proc)
+    return any(argv[i:i + len(want)] == want for i in range(len(argv)))
 
 
 def pid_of(lab: Lab, proc: str) -> int | None:
@@ -168,6 +206,23 @@ def stop(lab: Lab, procs: Iterable[str], timeout: float = STOP_TIMEOUT) -> None:
         time.sleep(0.05)
     for proc in procs:
         lab.pid_file(proc).unlink(missing_ok=True)
+
+
+def start_dnsmasq(lab: Lab) -> int:
+    """Start the outside world's DNS server in ext unless it runs; returns its pid."""
+    if shutil.which(DNSMASQ) is None:
+        raise Unavailable("missing tool: dnsmasq (install with: apt-get install -y "
+                          "dnsmasq-base; or run `make setup`)")
+    lab.run_dir.mkdir(parents=True, exist_ok=True)
+    hosts = hosts_file(lab)
+    tmp = hosts.with_suffix(".tmp")
+    tmp.write_text("".join(f"{ip} {name}\n" for name, ip in OUTSIDE_NAMES.items()))
+    tmp.replace(hosts)
+    return _start(lab, DNSMASQ, dnsmasq_argv(lab))
+
+
+def stop_dnsmasq(lab: Lab, timeout: float = STOP_TIMEOUT) -> None:
+    stop(lab, [DNSMASQ], timeout)
 
 
 def start_manager(lab: Lab) -> int:

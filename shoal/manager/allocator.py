@@ -23,6 +23,9 @@ INGRESS_POOL = ipaddress.ip_network("10.255.0.0/16")  # kept for the ingress net
 SUBNET_SIZE = 24
 PORT_RANGE = range(30000, 32768)  # Docker's range for `--publish TARGET` with no published port
 INGRESS_NAME = "ingress"
+# The HTTP routing mesh listens on these on every node (agent --mesh-http-port/--mesh-https-port
+# change them there; keep the two in step): no service may publish them.
+MESH_PORTS = {("tcp", 80): "the HTTP routing mesh", ("tcp", 443): "the HTTPS routing mesh"}
 
 
 class AddressPool:
@@ -170,6 +173,9 @@ class Allocator:
                                       None)
                         if number is None:
                             raise ShoalError(f"no free {proto} port left in 30000-32767")
+                    if (proto, number) in MESH_PORTS:
+                        raise Conflict(f"port {number}/{proto} is taken by "
+                                       f"{MESH_PORTS[(proto, number)]} on every node")
                     owner = self.ports.get((proto, number))
                     if owner is not None and owner != service_id:
                         raise Conflict(f"port {number}/{proto} is already published by "
@@ -274,10 +280,15 @@ def ingress_network(store: Any) -> Obj | None:
     return next((n for n in store.peek("network") if n["Spec"].get("Ingress")), None)
 
 
+MESH_LABELS = ("shoal.http.host", "shoal.https.host")
+
+
 def publishes(svc: Obj) -> bool:
-    """Its tasks join the ingress network: nodes reach them there for every published port,
-    in host mode too (the node forwards from its own address to its own task)."""
-    return bool(svc.get("Endpoint", {}).get("Ports"))
+    """Its tasks join the ingress network: nodes reach them there for every published port
+    (in host mode too: the node forwards from its own address to its own task), and for the
+    HTTP routing mesh when a label routes a host name to it."""
+    labels = svc["Spec"].get("Labels") or {}
+    return bool(svc.get("Endpoint", {}).get("Ports")) or any(k in labels for k in MESH_LABELS)
 
 
 def status(state: str, message: str, err: str | None = None) -> Obj:

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from shoal.manager.allocator import ingress_network, network_vni
+from shoal.manager.allocator import ingress_network, network_vni, publishes
 from shoal.model import view as nv
 from shoal.model.objects import TERMINAL, Obj, new_id, new_node, now, state_index, task_command
 from shoal.store.base import BaseStore
@@ -150,7 +150,7 @@ class ViewIndex:
                     for v in svc.get("Endpoint", {}).get("VirtualIPs", [])}
             nets = {a["Target"]: list(a.get("Aliases") or [])
                     for a in svc["Spec"]["TaskTemplate"]["Networks"]}
-            if self.ingress is not None and svc.get("Endpoint", {}).get("Ports"):
+            if self.ingress is not None and publishes(svc):
                 nets[self.ingress["ID"]] = []  # published: on the mesh of every node
             for net_id, aliases in nets.items():
                 self.services_on.setdefault(net_id, []).append(
@@ -187,7 +187,8 @@ class ViewIndex:
                         "id": svc["ID"], "name": svc["Spec"]["Name"],
                         "endpoint_mode": svc["Spec"]["EndpointSpec"]["Mode"],
                         "vips": {}, "aliases": {},
-                        "ports": list(svc.get("Endpoint", {}).get("Ports") or [])}
+                        "ports": list(svc.get("Endpoint", {}).get("Ports") or []),
+                        "labels": dict(svc["Spec"].get("Labels") or {})}
                 if vip:
                     sentry["vips"][net_id] = vip
                 sentry["aliases"][net_id] = aliases

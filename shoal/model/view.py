@@ -40,6 +40,7 @@ class ServiceEntry(TypedDict):
     vips: dict[str, str]  # network id -> "10.0.1.2"
     aliases: dict[str, list[str]]  # network id -> extra names on that network
     ports: list[dict[str, Any]]  # Endpoint.Ports: {Protocol, TargetPort, PublishedPort, ...}
+    labels: dict[str, str]  # Spec.Labels (shoal.http.host routes it on the HTTP mesh)
 
 
 class Attachment(TypedDict):

@@ -1,0 +1,5 @@
+import sys
+
+from shoal.mesh.daemon import main
+
+sys.exit(main())
