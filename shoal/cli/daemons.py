@@ -59,10 +59,12 @@ async def run_manager(state_dir: str, socket_path: str, listen: str) -> None:
 
 
 async def run_agent(manager: str, hostname: str, addr: str, state_dir: str,
-                    ns_prefix: str, dns: DnsOptions | None = None) -> None:
+                    ns_prefix: str, dns: DnsOptions | None = None,
+                    mesh_ports: tuple[int, int] = (80, 443), drain_delay: float = 1.0) -> None:
     from shoal.agent import Agent
 
-    agent = Agent(manager, hostname, addr, state_dir, ns_prefix, dns)
+    agent = Agent(manager, hostname, addr, state_dir, ns_prefix, dns, mesh_ports)
+    agent.drain_delay = drain_delay
     task = asyncio.create_task(agent.run())
     await _until_signalled()
     task.cancel()

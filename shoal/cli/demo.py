@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ def _say(text: str) -> None:
 
 
 def _run(args: list[str], env: dict[str, str], check: bool = True) -> str:
-    shown = " ".join(args)
+    shown = shlex.join("<whoami server script>" if "\n" in a else a for a in args)
     print(f"$ {shown}", flush=True)
     cmd = [sys.executable, "-m", "shoal", *args[1:]] if args[0] == "shoal" else args
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -32,6 +33,42 @@ def _run(args: list[str], env: dict[str, str], check: bool = True) -> str:
     if check and out.returncode != 0:
         raise ShoalError(f"demo step failed: {shown}")
     return out.stdout
+
+
+# A tiny web server that answers with its task's name and the address it saw the client at.
+WHOAMI = """
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{os.environ['SHOAL_TASK_NAME']} saw {self.client_address[0]}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("", 80), H).serve_forever()
+"""
+HEALTH = "curl -sf -o /dev/null http://127.0.0.1/"
+
+
+def _routed(up: object, addr: str) -> bool:
+    out = subprocess.run(["ip", "netns", "exec", up.ext_netns, "curl", "-s", "-o", "/dev/null",
+                          "-w", "%{http_code}", "-H", "Host: app.example.org",
+                          f"http://{addr}/"], capture_output=True, text=True)  # type: ignore
+    return out.stdout == "200"
+
+
+def _wait_healthy(client: Client, service: str, count: int, timeout: float = 30.0) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        tasks = client.get("/tasks", filters=json.dumps({"service": [service],
+                                                         "desired-state": ["running"]}))
+        if sum(1 for t in tasks if t["Status"].get("ContainerStatus", {}).get(
+                "Health") == "healthy") == count:
+            return
+        time.sleep(0.1)
+    raise ShoalError(f"{service} did not have {count} healthy tasks in {timeout:.0f}s")
 
 
 def _wait_running(client: Client, service: str, count: int, timeout: float = 30.0) -> float:
@@ -54,7 +91,7 @@ def run_demo(name: str, nodes: int) -> int:
     up = lab.lab_up(name, nodes)
     env = {**os.environ, "DOCKER_HOST": up.docker_host}
     client = Client(up.docker_host)
-    for svc in ("web",):
+    for svc in ("web", "app"):
         try:
             client.request("DELETE", f"/services/{svc}")
         except ShoalError:
@@ -69,9 +106,11 @@ def run_demo(name: str, nodes: int) -> int:
         _run(["shoal", "network", "create", "-d", "overlay", "appnet"], env)
     _run(["shoal", "network", "ls"], env)
 
-    _say("A replicated service: 6 tasks, each a process in its own namespace, spread 2/2/2")
+    _say("A replicated service: 6 tasks, each a process in its own namespace, spread 2/2/2,")
+    print("   with a health check and port 8080 published on every node")
     _run(["shoal", "service", "create", "--name", "web", "--replicas", "6", "--network",
-          "appnet", "--", "python3", "-m", "http.server", "80"], env)
+          "appnet", "--publish", "8080:80", "--health-cmd", HEALTH, "--health-interval", "0.5",
+          "--", "python3", "-c", WHOAMI], env)
     took = _wait_running(client, "web", 6)
     print(f"(6 tasks running {took:.2f}s after create returned)")
     _run(["shoal", "service", "ps", "web"], env)
@@ -86,8 +125,40 @@ def run_demo(name: str, nodes: int) -> int:
     addr = other["NetworksAttachments"][0]["Addresses"][0].split("/")[0]
     print(f"(web.1 runs on {nodes_by_id[first['NodeID']]}, web.{other['Slot']} on "
           f"{nodes_by_id[other['NodeID']]} at {addr})")
-    _run(["shoal", "exec", "web.1", "--", "curl", "-s", "-o", "/dev/null", "-w",
-          "HTTP %{http_code} from " + addr + " in %{time_total}s\\n", f"http://{addr}/"], env)
+    _run(["shoal", "exec", "web.1", "--", "curl", "-s", f"http://{addr}/"], env)
+
+    _say("Service discovery: each task asks 127.0.0.11, its node's resolver")
+    _wait_healthy(client, "web", 6)
+    _run(["shoal", "exec", "web.1", "--", "dig", "+short", "web"], env)
+    print("(the VIP)")
+    _run(["shoal", "exec", "web.1", "--", "dig", "+short", "tasks.web"], env)
+    print("(the healthy tasks)")
+    _run(["shoal", "exec", "web.1", "--", "dig", "+short", "www.outside.test"], env)
+    print("(not a cluster name: forwarded to the upstream server on the ext host)")
+
+    _say("Load balancing: the VIP spreads connections over the healthy tasks, in the kernel")
+    _run(["shoal", "exec", "web.1", "--", "sh", "-c",
+          "for i in $(seq 60); do curl -s http://web/; done | cut -d' ' -f1 | sort | uniq -c"],
+         env)
+    print("(backends see the caller's own address: no SNAT on the VIP path)")
+
+    _say("The ingress routing mesh: port 8080 answers on every node, from outside")
+    for node in up.nodes:
+        _run(["ip", "netns", "exec", up.ext_netns, "curl", "-s", f"http://{node.addr}:8080/"],
+             env)
+    print(f"(each answer names the task, then the client it saw: {up.ext_addr}, the ext host)")
+
+    _say("The HTTP routing mesh: port 80 on every node routes by Host header")
+    _run(["shoal", "service", "create", "--name", "app", "--label",
+          "shoal.http.host=app.example.org", "--", "python3", "-c", WHOAMI], env)
+    _wait_running(client, "app", 1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _routed(up, up.nodes[-1].addr):
+        time.sleep(0.1)
+    _run(["ip", "netns", "exec", up.ext_netns, "curl", "-s", "-H", "Host: app.example.org",
+          f"http://{up.nodes[-1].addr}/"], env)
+    _run(["ip", "netns", "exec", up.ext_netns, "curl", "-s", "-H", "Host: nobody.example.org",
+          f"http://{up.nodes[-1].addr}/"], env)
 
     _say("Scaling: 6 -> 2, and the tasks, namespaces and veths of slots 3-6 go away")
     _run(["shoal", "service", "scale", "web=2"], env)
@@ -103,6 +174,10 @@ def run_demo(name: str, nodes: int) -> int:
     print(f"""- a {nodes}-node lab in namespaces, with a manager on node1 and an agent on every node
 - an overlay network (VXLAN, static forwarding entries) and a service of 6 tasks spread 2/2/2
 - a task reaching a task on another node over the overlay, with curl
+- names answered by each node's resolver, scoped to the asker's networks, others forwarded
+- a VIP balanced in the kernel over healthy tasks, the callers' addresses kept
+- a published port answering on every node, the outside client's address kept
+- the HTTP routing mesh sending a Host header to its service from any node
 - scaling down, with the removed tasks' namespaces cleaned up
 
 The lab is still up. Try:

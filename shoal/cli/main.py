@@ -96,7 +96,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
                      forward_timeout=args.dns_timeout, max_forwards=args.dns_max_forwards,
                      debug=args.debug)
     asyncio.run(run_agent(args.manager, args.hostname, args.addr, args.state_dir,
-                          args.ns_prefix, dns))
+                          args.ns_prefix, dns, (args.mesh_http_port, args.mesh_https_port),
+                          args.drain_delay))
     return 0
 
 
@@ -400,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TTL of answers that name task addresses (default 0: never cached)")
     ag.add_argument("--dns-timeout", type=float, default=2.0, metavar="SECONDS",
                     help="how long to wait for each upstream (default 2)")
+    ag.add_argument("--mesh-http-port", type=int, default=80, metavar="PORT",
+                    help="the HTTP routing mesh's port on this node (0: no mesh)")
+    ag.add_argument("--mesh-https-port", type=int, default=443, metavar="PORT",
+                    help="the routing mesh's TLS (SNI) port on this node (0: none)")
+    ag.add_argument("--drain-delay", type=float, default=1.0, metavar="SECONDS",
+                    help="a stopping task keeps serving this long after it left every load "
+                    "balancer, before it gets SIGTERM (default 1)")
     ag.add_argument("--dns-max-forwards", type=int, default=256, metavar="N",
                     help="forwarded queries in flight; beyond, REFUSED (default 256)")
     ag.set_defaults(func=cmd_agent)
