@@ -222,3 +222,88 @@ def test_a_taken_published_port_is_refused(lab, client, appnet):
     assert json.loads(shoal(lab, "service", "ls", "--format", "json").stdout) == before
     assert Counter(t["ServiceID"] for t in client.get("/tasks")).keys() == {
         before[0]["ID"]}
+
+
+TIMED_CLIENT = """
+import json, sys, time, urllib.request
+url, seconds = sys.argv[1], float(sys.argv[2])
+ok, errors, end = 0, [], time.time() + seconds
+while time.time() < end:
+    began = time.time()
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            r.read()
+            ok += 1
+    except Exception:
+        errors.append(began)
+print(json.dumps({"ok": ok, "errors": errors}))
+"""
+
+
+def test_a_killed_task_costs_errors_only_until_the_balancers_learn(lab, client, appnet):
+    svc = create(client, "web", 3, container={"Healthcheck": LISTENING})
+    create(client, "probe", 1, container={"Args": ["sleep", "600"]})
+    tasks = wait_for("3 running", lambda: running(client, "web", 3))
+    [probe] = wait_for("probe", lambda: running(client, "probe", 1))
+    url = f"http://{vip(svc, client)}/"
+    wait_for("all healthy", lambda: len(requests(probe, url, 30)["seen"]) == 3, timeout=20)
+    results: list[dict] = []
+
+    def loop() -> None:
+        out = in_task(probe, "python3", "-c", TIMED_CLIENT, url, "4", timeout=60)
+        results.append(json.loads(out.stdout))
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    time.sleep(1.5)
+    killed_at = time.time()
+    import os
+    import signal
+    os.kill(tasks[0]["Status"]["ContainerStatus"]["PID"], signal.SIGKILL)
+    thread.join()
+    [result] = results
+    assert result["ok"] > 50
+    late = [t - killed_at for t in result["errors"] if t - killed_at > 0.3]
+    # The health interval here is 0.1 s: the dead task is out of every VIP well within it
+    # plus one push; no request begun after that fails.
+    assert late == [], late
+
+
+UDP_ECHO = """
+import os, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("", 9999))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(os.environ["SHOAL_TASK_NAME"].encode() + b" " + peer[0].encode(), peer)
+"""
+
+UDP_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
+print(s.recvfrom(2048)[0].decode())
+"""
+
+
+def test_udp_through_the_vip_and_a_published_port(lab, client, appnet):
+    svc = create(client, "echo", 1, container={"Args": ["python3", "-c", UDP_ECHO]},
+                 EndpointSpec={"Ports": [{"TargetPort": 9999, "PublishedPort": 9999,
+                                          "Protocol": "udp"}]})
+    create(client, "probe", 1, container={"Args": ["sleep", "600"]})
+    wait_for("echo", lambda: running(client, "echo", 1))
+    [probe] = wait_for("probe", lambda: running(client, "probe", 1))
+    out = wait_for("udp via vip", lambda: (lambda r: r if r.returncode == 0 else None)(
+        in_task(probe, "python3", "-c", UDP_ASK, vip(svc, client), "9999")))
+    assert out.stdout.split() == ["echo.1", addr_of(probe)]
+    for node in lab.nodes:
+        out = wait_for(f"udp via {node.name}", lambda n=node: (
+            lambda r: r if r.returncode == 0 else None)(subprocess.run(
+                ["ip", "netns", "exec", lab.ext_netns, "python3", "-c", UDP_ASK, n.addr, "9999"],
+                capture_output=True, text=True, timeout=10)))
+        assert out.stdout.split() == ["echo.1", lab.ext_addr]
+
+
+def addr_of(task: dict) -> str:
+    return task["NetworksAttachments"][0]["Addresses"][0].split("/")[0]
