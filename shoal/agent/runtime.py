@@ -80,12 +80,17 @@ def kill_netns_pids(netns: str) -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
-def read_log(path: Path, tail: int | None) -> list[str]:
+def read_log(path: Path, tail: int | None, offset: int = 0) -> tuple[list[str], int]:
+    """Whole lines from byte offset on (the last `tail` of them), and the offset after them:
+    a line still being written is left for the next read (`logs --follow`)."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
     except FileNotFoundError:
-        return []
-    lines = data.decode(errors="replace").splitlines(keepends=True)
-    if tail is None:
-        return lines
-    return lines[-tail:] if tail > 0 else []
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    lines = data[:end].decode(errors="replace").splitlines(keepends=True)
+    if tail is not None:
+        lines = lines[-tail:] if tail > 0 else []
+    return lines, offset + end

@@ -121,14 +121,17 @@ class Agent:
     def answer(self, body: dict[str, Any]) -> Any:
         if body.get("op") == "logs":
             out = {}
+            offsets = body.get("offsets") or {}
             for task_id in body.get("tasks", []):
                 path = self.log_path(task_id)
                 stamp = ""
                 with contextlib.suppress(FileNotFoundError):
                     stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime(
                         "%Y-%m-%dT%H:%M:%S.%fZ")
-                out[task_id] = [[stamp, "stdout", line]
-                                for line in runtime.read_log(path, body.get("tail"))]
+                lines, offset = runtime.read_log(path, body.get("tail"),
+                                                 int(offsets.get(task_id, 0)))
+                out[task_id] = {"lines": [[stamp, "stdout", line] for line in lines],
+                                "offset": offset}
             return out
         return {"error": f"unknown request {body.get('op')!r}"}
 

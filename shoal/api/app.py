@@ -6,6 +6,7 @@ status Docker uses, so the docker CLI prints them as it prints Docker's own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -348,15 +349,38 @@ async def _logs(request: web.Request, tasks: list[Obj]) -> web.StreamResponse:
             by_node.setdefault(task["NodeID"], []).append(task)
     resp = web.StreamResponse(headers={"Content-Type": "application/vnd.docker.multiplexed-stream"})
     await resp.prepare(request)
+    offsets: dict[str, int] = {}
+    await _send_logs(m, resp, by_node, offsets, tail_n, details, timestamps, streams)
+    if truthy(q.get("follow")):
+        # Poll the agents for what was written since; ends when the client goes away.
+        try:
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(LOG_FOLLOW_PERIOD)
+                await _send_logs(m, resp, by_node, offsets, None, details, timestamps, streams)
+        except ConnectionError:
+            return resp
+    await resp.write_eof()
+    return resp
+
+
+LOG_FOLLOW_PERIOD = 0.3
+
+
+async def _send_logs(m: Manager, resp: web.StreamResponse, by_node: dict[str, list[Obj]],
+                     offsets: dict[str, int], tail: int | None, details: bool,
+                     timestamps: bool, streams: dict[int, bool]) -> None:
     for node_id, node_tasks in by_node.items():
         try:
-            reply = await m.dispatcher.ask(node_id, {"op": "logs", "tail": tail_n,
-                                                     "tasks": [t["ID"] for t in node_tasks]})
+            reply = await m.dispatcher.ask(node_id, {
+                "op": "logs", "tail": tail, "tasks": [t["ID"] for t in node_tasks],
+                "offsets": {t["ID"]: offsets.get(t["ID"], 0) for t in node_tasks}})
         except (ConnectionError, TimeoutError) as exc:
             log.info("logs from node %s: %s", node_id, exc)
             continue
         for task in node_tasks:
-            for ts, stream, line in reply.get(task["ID"], []):
+            part = reply.get(task["ID"]) or {"lines": [], "offset": 0}
+            offsets[task["ID"]] = part["offset"]
+            for ts, stream, line in part["lines"]:
                 prefix = ""
                 if timestamps:
                     prefix += ts + " "
@@ -368,8 +392,6 @@ async def _logs(request: web.Request, tasks: list[Obj]) -> web.StreamResponse:
                 if streams[stream_id]:
                     # One line per frame: the docker CLI parses each frame as one line.
                     await resp.write(_frame(stream_id, (prefix + line).encode()))
-    await resp.write_eof()
-    return resp
 
 
 async def service_logs(request: web.Request) -> web.StreamResponse:

@@ -118,3 +118,21 @@ def test_docker_sdk_lists_and_creates(lab, docker_env, monkeypatch):
             s.remove()
         wait_for("tasks gone", lambda: not Client(lab.docker_host).get("/tasks"))
         net.remove()
+
+
+def test_docker_service_logs_follows(lab, docker_env):
+    client = Client(lab.docker_host)
+    docker(docker_env, "service", "create", "-d", "--name", "tick", "python:3", "sh", "-c",
+           "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done")
+    try:
+        wait_for("tick running", lambda: running(client, "tick", 1))
+        out = subprocess.run(["timeout", "2.5", "docker", "service", "logs", "-f", "tick"],
+                             env=docker_env, capture_output=True, text=True, timeout=30)
+        ticks = [int(line.split()[-1]) for line in out.stdout.splitlines() if "| tick" in line]
+        # Lines written while following arrive too, in order, each once.
+        assert len(ticks) >= 8 and ticks == list(range(ticks[0], ticks[0] + len(ticks)))
+        assert all(line.startswith("tick.1.") and "@node" in line
+                   for line in out.stdout.splitlines())
+    finally:
+        docker(docker_env, "service", "rm", "tick", check=False)
+        wait_for("tasks gone", lambda: not client.get("/tasks"))
