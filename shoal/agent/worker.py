@@ -183,6 +183,13 @@ class Agent:
                     asyncio.create_task(self._stop(local, forget=entry is None))
                 elif entry is None and local.process is None:
                     self._forget(task_id)
+        # Told to stop a task this agent does not run (it restarted since): it is not running.
+        for task_id, entry in wanted.items():
+            if entry["desired_state"] != "running" and task_id not in self.tasks \
+                    and self.reports.get(task_id, {}).get("state") != "shutdown":
+                self.report(task_id, "shutdown", "not running on this node")
+        for task_id in [t for t in self.reports if t not in wanted and t not in self.tasks]:
+            del self.reports[task_id]
         # 2. The overlay networks this node's tasks are on, and their peers.
         await asyncio.to_thread(dp.sync, view, force)
         # 3. Start what is new.

@@ -25,6 +25,7 @@ log = logging.getLogger("shoal.dispatcher")
 
 DOWN_GRACE = 3.0  # seconds a node may be without a session before it is marked down
 HEARTBEAT = 2.0  # WebSocket ping period; a missed pong closes the session
+RESTART_GRACE = 10.0  # after a manager restart, seconds an agent has to reconnect
 
 
 class Session:
@@ -217,7 +218,12 @@ class Dispatcher:
         self._ids = itertools.count()
 
     def startup(self) -> None:
-        """After a manager restart no node is known to be up until its agent reconnects."""
+        """After a manager restart no node is known to be up until its agent reconnects;
+        one that has not reconnected after a longer grace is down (its tasks move)."""
+        loop = asyncio.get_running_loop()
+        for node in self.store.peek("node"):
+            self._down_timers[node["ID"]] = loop.call_later(
+                RESTART_GRACE, self._mark_down, node["ID"])
         with self.store.tx() as tx:
             for node in self.store.peek("node"):
                 if node["Status"]["State"] == "ready":

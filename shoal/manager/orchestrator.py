@@ -60,9 +60,12 @@ class Orchestrator:
                 if ev.obj["DesiredState"] == "remove":
                     self.dirty_orphans = True
             elif ev.kind == "node":
-                # Global services follow the set of ready nodes.
+                # Global services follow the set of ready nodes; a node that went down has
+                # its tasks run elsewhere.
                 self.dirty.update(s["ID"] for s in self.store.peek("service")
                                   if "Global" in s["Spec"]["Mode"])
+                self.dirty.update(t["ServiceID"] for t in self.store.peek("task")
+                                  if t.get("NodeID") == ev.obj["ID"])
 
     def tick(self) -> None:
         if not self.dirty and not self.dirty_orphans:
@@ -117,9 +120,13 @@ class Orchestrator:
                         tx.delete("task", task["ID"])
         restart = template.get("RestartPolicy", {})
         delay = restart.get("Delay", DEFAULT_RESTART_DELAY_NS) / 1e9
+        update = svc["Spec"].get("UpdateConfig") or {}
+        start_first = update.get("Order") == "start-first"
+        budget = self._update_budget(update, template, keys, groups)
+        down = {n["ID"] for n in self.store.peek("node") if n["Status"]["State"] == "down"}
         for key in keys:
             group = sorted(groups.get(key, []), key=lambda t: t["CreatedAt"])
-            current = []
+            current, outdated = [], []
             for task in group:
                 if not is_live(task):
                     continue
@@ -127,15 +134,54 @@ class Orchestrator:
                     self._set_desired(tx, task, "shutdown")
                     if self._should_restart(restart, task, group):
                         self.restart_at.setdefault(task["ID"], time.monotonic() + delay)
+                elif task.get("NodeID") in down:
+                    # Its node is down: run it elsewhere now (global tasks wait for their node).
+                    if want is not None:
+                        self._set_desired(tx, task, "shutdown")
+                    else:
+                        current.append(task)
                 elif task["Spec"] != template:
-                    self._set_desired(tx, task, "shutdown")  # an update: replaced below
+                    outdated.append(task)
                 else:
                     current.append(task)
+            if outdated:
+                if start_first:
+                    # The new task first; the old one goes once the new one runs.
+                    if any(t["Status"]["State"] == "running" for t in current):
+                        for task in outdated:
+                            self._set_desired(tx, task, "shutdown")
+                    elif not current and budget > 0:
+                        budget -= 1
+                        self._add(tx, svc, key, want)
+                    current = current or outdated
+                elif budget > 0:
+                    budget -= 1
+                    for task in outdated:
+                        self._set_desired(tx, task, "shutdown")  # replaced by _refill below
+                else:
+                    current = outdated + current  # its turn comes when a slot frees up
             for extra in current[1:]:
                 self._set_desired(tx, extra, "remove")
             if not current:
                 self._refill(tx, svc, key, want, group, restart, delay)
             self._trim_history(tx, group)
+
+    @staticmethod
+    def _update_budget(update: Obj, template: Obj, keys: list[object],
+                       groups: dict[object, list[Obj]]) -> float:
+        """How many more slots may start updating now: UpdateConfig.Parallelism (default 1,
+        0 for all at once) less the slots whose new task is not running yet."""
+        parallelism = update.get("Parallelism", 1)
+        if not parallelism:
+            return float("inf")
+        in_flight = 0
+        for key in keys:
+            group = groups.get(key, [])
+            if any(t["Spec"] != template for t in group) and any(
+                    is_live(t) and t["Spec"] == template
+                    and t["Status"]["State"] not in ("running", *TERMINAL) for t in group):
+                in_flight += 1
+        return parallelism - in_flight
 
     def _refill(self, tx: Transaction, svc: Obj, key: object, want: int | None,
                 group: list[Obj], restart: Obj, delay: float) -> None:
@@ -167,7 +213,7 @@ class Orchestrator:
     def _should_restart(restart: Obj, task: Obj, group: list[Obj]) -> bool:
         condition = restart.get("Condition", "any")
         exit_code = task["Status"].get("ContainerStatus", {}).get("ExitCode", 0)
-        if task["Status"]["State"] in ("shutdown", "remove"):
+        if task["Status"]["State"] in ("shutdown", "remove", "orphaned"):
             return True  # stopped by shoal (node gone, agent restart): bring it back
         if condition == "none" or (condition == "on-failure" and exit_code == 0
                                    and task["Status"]["State"] == "complete"):

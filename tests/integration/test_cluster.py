@@ -239,3 +239,22 @@ def test_bad_cli_input_is_refused_with_a_message(lab, client, appnet):
     out = shoal(lab, "exec", "nosuch.1", "--", "true", check=False)
     assert out.returncode == 1 and "nosuch.1" in out.stderr
     assert client.get("/services") == []
+
+
+def test_tasks_of_a_node_that_goes_down_move_to_the_others(lab, client, appnet):
+    from shoal.lab import start_agent, stop_agent
+
+    shoal(lab, "service", "create", "--name", "web", "--replicas", "3", "--network", appnet,
+          "--", "python3", "-m", "http.server", "80")
+    wait_for("3 running", lambda: running(client, "web", 3))
+    nodes = {n["Description"]["Hostname"]: n["ID"] for n in client.get("/nodes")}
+    stop_agent(lab, "node3")
+    try:
+        moved = wait_for("tasks moved off node3", lambda: (
+            lambda ts: ts if ts and nodes["node3"] not in {t["NodeID"] for t in ts} else None)(
+                running(client, "web", 3)), timeout=30)
+        assert sorted(Counter(t["NodeID"] for t in moved).values()) == [1, 2]
+        assert client.find("node", "node3")["Status"]["State"] == "down"
+    finally:
+        start_agent(lab, "node3")
+        wait_for("node3 back", lambda: client.find("node", "node3")["Status"]["State"] == "ready")

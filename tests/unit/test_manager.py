@@ -116,18 +116,63 @@ def test_the_allocator_rebuilds_the_same_pools_after_a_restart(tmp_path, manager
     assert {k: dict(p.owners) for k, p in again.allocator.pools.items()} == before
 
 
-def test_update_with_a_new_template_replaces_tasks(manager):
+def run_all(m, service_id):
+    for t in live(m, service_id):
+        if t["Status"]["State"] == "assigned":
+            report(m, t, "running")
+
+
+def test_update_rolls_one_slot_at_a_time_by_default(manager):
     manager.control.create_network({"Name": "appnet"})
-    svc = manager.control.create_service(spec(replicas=2))
+    svc = manager.control.create_service(spec(replicas=3))
     manager.settle()
-    s = copy.deepcopy(spec(replicas=2))
+    run_all(manager, svc["ID"])
+    s = copy.deepcopy(spec(replicas=3))
+    s["TaskTemplate"]["ContainerSpec"]["Args"] = ["sleep", "61"]
+    version = manager.store.get("service", svc["ID"])["Version"]["Index"]
+    manager.control.update_service("web", version, s)
+    manager.settle()
+    for updated in (1, 2, 3):
+        tasks = live(manager, svc["ID"])
+        new = [t for t in tasks if t["Spec"]["ContainerSpec"]["Args"] == ["sleep", "61"]]
+        assert len(new) == updated and len(tasks) == 3  # one slot at a time
+        for old in manager.store.list("task"):
+            if old["DesiredState"] == "shutdown" and old["Status"]["State"] == "running":
+                report(manager, old, "shutdown")
+        run_all(manager, svc["ID"])
+    assert all(t["Spec"]["ContainerSpec"]["Args"] == ["sleep", "61"]
+               for t in live(manager, svc["ID"]))
+
+
+def test_start_first_keeps_the_old_task_until_the_new_one_runs(manager):
+    manager.control.create_network({"Name": "appnet"})
+    s = spec(replicas=1)
+    s["UpdateConfig"] = {"Parallelism": 1, "Order": "start-first"}
+    svc = manager.control.create_service(s)
+    manager.settle()
+    run_all(manager, svc["ID"])
+    [old] = live(manager, svc["ID"])
+    s = copy.deepcopy(s)
     s["TaskTemplate"]["ContainerSpec"]["Args"] = ["sleep", "61"]
     manager.control.update_service("web", manager.store.get("service", svc["ID"])["Version"][
         "Index"], s)
     manager.settle()
-    running = live(manager, svc["ID"])
-    assert len(running) == 2
-    assert all(t["Spec"]["ContainerSpec"]["Args"] == ["sleep", "61"] for t in running)
+    assert len(live(manager, svc["ID"])) == 2  # both, until the new one runs
+    run_all(manager, svc["ID"])
+    [new] = live(manager, svc["ID"])
+    assert new["ID"] != old["ID"]
+    assert manager.store.get("task", old["ID"])["DesiredState"] == "shutdown"
+
+
+def test_tasks_of_a_node_that_went_down_run_elsewhere(manager):
+    manager.control.create_network({"Name": "appnet"})
+    svc = manager.control.create_service(spec(replicas=3))
+    manager.settle()
+    run_all(manager, svc["ID"])
+    manager.dispatcher._mark_down("node3id")
+    manager.settle()
+    tasks = live(manager, svc["ID"])
+    assert len(tasks) == 3 and "node3id" not in {t["NodeID"] for t in tasks}
 
 
 def test_global_service_runs_one_task_per_ready_node(manager):
