@@ -15,6 +15,7 @@ from typing import Any
 from shoal.agent import health, runtime
 from shoal.agent.session import Session
 from shoal.dataplane import Dataplane
+from shoal.dataplane.firewall import Firewall
 from shoal.dataplane.ingress import Ingress
 from shoal.dataplane.lb import LoadBalancer
 from shoal.dns import resolvconf
@@ -61,6 +62,8 @@ class Agent:
         self.resolver = Resolver(dns)
         self.lb = LoadBalancer()  # VIPs, inside each task's namespace
         self.ingress = Ingress()  # published ports, in the node's namespace
+        # What may enter the node and its tasks, and task egress (dataplane/firewall.py).
+        self.firewall = Firewall(addr, manager, tuple(mesh_ports))
         self.drain_delay = DRAIN_DELAY
         self._peers: object = None  # the peers the tasks' reply routes were made for
         # The HTTP routing mesh on this node's own address (shoal.mesh); port 0 turns it off.
@@ -192,6 +195,8 @@ class Agent:
             del self.reports[task_id]
         # 2. The overlay networks this node's tasks are on, and their peers.
         await asyncio.to_thread(dp.sync, view, force)
+        # The node's filter, before any task starts behind it.
+        await asyncio.to_thread(self.firewall.sync, view, force)
         # 3. Start what is new.
         for task_id, entry in wanted.items():
             if entry["desired_state"] == "running" and task_id not in self.tasks:
@@ -364,6 +369,10 @@ class Agent:
             self.ingress.close()
         except ShoalError as exc:
             log.error("removing the published ports: %s", exc)
+        try:
+            self.firewall.close()
+        except ShoalError as exc:
+            log.error("removing the node filter: %s", exc)
         if self.dataplane is not None:
             self.dataplane.teardown()
             self.dataplane.close()

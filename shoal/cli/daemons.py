@@ -60,11 +60,15 @@ async def run_manager(state_dir: str, socket_path: str, listen: str) -> None:
 
 async def run_agent(manager: str, hostname: str, addr: str, state_dir: str,
                     ns_prefix: str, dns: DnsOptions | None = None,
-                    mesh_ports: tuple[int, int] = (80, 443), drain_delay: float = 1.0) -> None:
+                    mesh_ports: tuple[int, int] = (80, 443), drain_delay: float = 1.0,
+                    control_from: tuple[str, ...] | None = None,
+                    closed_node: bool = False) -> None:
     from shoal.agent import Agent
 
     agent = Agent(manager, hostname, addr, state_dir, ns_prefix, dns, mesh_ports)
     agent.drain_delay = drain_delay
+    agent.firewall.control_from = control_from
+    agent.firewall.closed = closed_node
     task = asyncio.create_task(agent.run())
     await _until_signalled()
     task.cancel()

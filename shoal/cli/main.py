@@ -88,16 +88,18 @@ def cmd_manager(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from shoal import preflight
     from shoal.cli.daemons import run_agent
+    from shoal.dataplane.firewall import parse_sources
     from shoal.dns.process import DnsOptions
 
     preflight.check()
+    control_from = parse_sources(args.control_from) if args.control_from else None
     upstreams = tuple(u for item in args.dns_upstream or [] for u in item.split(",") if u)
     dns = DnsOptions(upstreams=upstreams, vip_ttl=args.dns_vip_ttl, task_ttl=args.dns_task_ttl,
                      forward_timeout=args.dns_timeout, max_forwards=args.dns_max_forwards,
                      debug=args.debug)
     asyncio.run(run_agent(args.manager, args.hostname, args.addr, args.state_dir,
                           args.ns_prefix, dns, (args.mesh_http_port, args.mesh_https_port),
-                          args.drain_delay))
+                          args.drain_delay, control_from, args.closed_node))
     return 0
 
 
@@ -408,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--drain-delay", type=float, default=1.0, metavar="SECONDS",
                     help="a stopping task keeps serving this long after it left every load "
                     "balancer, before it gets SIGTERM (default 1)")
+    ag.add_argument("--closed-node", action="store_true",
+                    help="drop everything arriving on the underlay that shoal does not need "
+                    "(for dedicated nodes: it also cuts ssh); default: close only shoal's ports")
+    ag.add_argument("--control-from", action="append", metavar="ADDR|CIDR|FIRST-LAST",
+                    help="on the manager's node, who may reach its port besides the known "
+                    "nodes: the addresses nodes join from (repeat or comma-separate); "
+                    "default: anyone")
     ag.add_argument("--dns-max-forwards", type=int, default=256, metavar="N",
                     help="forwarded queries in flight; beyond, REFUSED (default 256)")
     ag.set_defaults(func=cmd_agent)

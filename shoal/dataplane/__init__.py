@@ -10,7 +10,7 @@ How it works:
   port, whose proxy answers it from the neighbour table; it never crosses the underlay.
 - Per task: a named namespace `<prefix><task id[:12]>` with `lo` up and one veth per network
   (sorted by network id): `eth<i>` inside with the task's MAC and address, `shv<id[:8]><i>` on
-  the node as a port of the network's bridge. No default route yet.
+  the node as a port of the network's bridge.
 - Desired state is rendered by pure functions (plan.py); the kernel is read back and only the
   difference is written (networks.py, tasks.py), so every call is idempotent and repairs drift,
   also after an agent restart. `Dataplane.last_changes` counts the writes of the last call.
@@ -19,9 +19,15 @@ How it works:
   attach. The agent must only switch its network namespace (`nsenter --net=...`), not run under
   `ip netns exec`, whose private mount namespace would hide the task namespaces it pins.
 
+- Egress: a node bridge `shgw0` (172.18.0.1/16) and one more veth per task that is on a
+  network other than `--internal`; the node filter (firewall.py, `inet shoal_filter`) keeps
+  networks apart, lets in from outside only published and mesh ports (VXLAN and the control
+  plane from cluster peers only) and masquerades egress. See docs/isolation.md.
+
 Files: names.py (every name), plan.py (pure), namespaces.py (netns), links.py (netlink reads
 and writes, errors -> KernelError), networks.py (bridges, VXLAN, FDB, ARP), tasks.py (task
-namespaces and veths), overlay.py (the Dataplane object), __main__.py (JSON-lines driver).
+namespaces and veths), gateway.py (egress addresses), overlay.py (the Dataplane object),
+firewall.py (the node filter), lb.py and ingress.py (nft), __main__.py (JSON-lines driver).
 """
 
 from shoal.dataplane.overlay import Dataplane

@@ -38,6 +38,7 @@ class Link:
     peer_index: int | None  # IFLA_LINK: for a veth, its peer's index (in the peer's namespace)
     alias: str | None
     vxlan: dict[str, Any]  # for a VXLAN device: id, local, port, learning, proxy
+    isolated: bool = False  # a bridge port that forwards to non-isolated ports only
 
 
 def _link(msg: Any) -> Link:
@@ -57,7 +58,16 @@ def _link(msg: Any) -> Link:
         peer_index=msg.get("link"),
         alias=msg.get("ifalias"),
         vxlan=vxlan,
+        isolated=_brport_isolated(msg),
     )
+
+
+def _brport_isolated(msg: Any) -> bool:
+    info = msg.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_SLAVE_KIND") != "bridge":
+        return False
+    data = info.get_attr("IFLA_INFO_SLAVE_DATA")
+    return bool(data is not None and data.get_attr("IFLA_BRPORT_ISOLATED"))
 
 
 def _describe(exc: BaseException) -> str:
@@ -154,6 +164,11 @@ class Netlink:
                     peer={"ifname": peer, "address": peer_mac, "mtu": mtu,
                           "net_ns_fd": peer_netns_fd})
 
+    def set_isolated(self, link: Link, isolated: bool) -> None:
+        self._write(f"set bridge port {link.name} isolated {'on' if isolated else 'off'}",
+                    self.ipr.link, "set", index=link.index, kind="bridge_slave",
+                    isolated=int(isolated))
+
     def set_link(self, link: Link, **attrs: Any) -> None:
         desc = " ".join(f"{k}={v}" for k, v in attrs.items())
         self._write(f"set {link.name} {desc}", self.ipr.link, "set", index=link.index, **attrs)
@@ -223,8 +238,8 @@ class Netlink:
     def default_routes(self) -> dict[int, tuple[str | None, int | None]]:
         """table -> (gateway, oif) of the IPv4 default routes (main included, not local)."""
         out = {}
-        for msg in self._call("list routes", self.ipr.route, "dump", family=AF_INET,
-                              table=0):
+        # No table argument: pyroute2 0.9 takes table=0 as a filter that matches nothing.
+        for msg in self._call("list routes", self.ipr.route, "dump", family=AF_INET):
             table = msg.get_attr("RTA_TABLE") or msg["table"]
             if msg["dst_len"] == 0 and table not in (253, 255):
                 out[table] = (msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF"))

@@ -1,11 +1,13 @@
 """Overlay networks on this node: per network a bridge and a VXLAN device (a port of it), and
 the VXLAN device's static FDB and neighbour entries. Learning is off and there is no all-zeros
 FDB entry, so the VXLAN device floods nothing: unknown MACs are dropped, and ARP requests for
-remote tasks are answered locally by the device's proxy from the neighbour table."""
+remote tasks are answered locally by the device's proxy from the neighbour table.
+
+Also the node's egress gateway bridge (gateway.py), while a local task needs it."""
 
 from __future__ import annotations
 
-from shoal.dataplane import names
+from shoal.dataplane import gateway, names
 from shoal.dataplane.links import NUD_PERMANENT, Link, Netlink
 from shoal.dataplane.plan import (
     fdb_by_vni,
@@ -151,8 +153,30 @@ def _sync_neighbours(nl: Netlink, devices: dict[int, Link],
                 nl.neigh_replace(dev, ip, mac)
 
 
+def sync_gateway(nl: Netlink, wanted: bool, mtu: int) -> None:
+    """The gateway bridge with the node's gateway address, or no bridge. Its MTU is the
+    underlay's: egress traffic is routed out of the node, never through VXLAN."""
+    link = nl.link(gateway.BRIDGE)
+    if link is not None and (link.kind != "bridge" or not wanted):
+        nl.del_link(link)
+        link = None
+    if not wanted:
+        return
+    if link is None:
+        nl.add_bridge(gateway.BRIDGE, mtu)
+        link = _must(nl, gateway.BRIDGE)
+    elif link.mtu != mtu or not link.up:
+        nl.set_link(link, mtu=mtu, state="up")
+    have = nl.addrs().get(link.index, set())
+    for ip, prefixlen in sorted(have - {(gateway.ADDR, gateway.PREFIXLEN)}):
+        nl.addr_del(link, ip, prefixlen)
+    if (gateway.ADDR, gateway.PREFIXLEN) not in have:
+        nl.addr_add(link, gateway.ADDR, gateway.PREFIXLEN)
+
+
 def remove_all(nl: Netlink) -> None:
-    """Every shoal bridge and VXLAN device in this namespace."""
+    """Every shoal bridge and VXLAN device in this namespace, the gateway bridge too."""
+    nl.del_link_if_present(gateway.BRIDGE)
     links = nl.links()
     for link in _ours(links, names.VXLAN_PREFIX, "vxlan").values():
         nl.del_link(link)

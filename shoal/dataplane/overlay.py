@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from pyroute2 import IPRoute
 
-from shoal.dataplane import names, namespaces, networks, plan, tasks
+from shoal.dataplane import gateway, names, namespaces, networks, plan, tasks
 from shoal.dataplane.links import Netlink
 from shoal.errors import KernelError
 from shoal.model.view import NodeView, TaskEntry
@@ -30,6 +30,7 @@ class Dataplane:
         self.mtu = mtu
         self.last_changes = 0  # kernel writes made by the last call: 0 means it was a no-op
         self._synced: object = None  # the plan last programmed by sync
+        self._gateway_addrs = gateway.Addresses()  # task id -> its node-local egress address
         # The worker thread is started from this thread, so it is in the node namespace too.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-dataplane")
         self._nl: Netlink | None = None
@@ -69,13 +70,16 @@ class Dataplane:
         Reading the kernel back costs about 20 ms with 10 tasks a node, so a view that renders
         to what was last programmed is skipped; `force` re-reads and repairs drift."""
         wanted = (plan.plan_networks(view), plan.plan_fdb(view, self.node_id),
-                  plan.plan_node_addrs(view))
+                  plan.plan_node_addrs(view), gateway.needed(view))
         if not force and wanted == self._synced:
             self.last_changes = 0
             return
         self._synced = None
-        self._counted(lambda nl: networks.sync_networks(
-            nl, view, self.node_id, self.underlay_addr, self.mtu))
+
+        def call(nl: Netlink) -> None:
+            networks.sync_networks(nl, view, self.node_id, self.underlay_addr, self.mtu)
+            networks.sync_gateway(nl, gateway.needed(view), self.mtu + gateway.VXLAN_OVERHEAD)
+        self._counted(call)
         self._synced = wanted
 
     def netns_name(self, task_id: str) -> str:
@@ -86,13 +90,15 @@ class Dataplane:
         netns = self.netns_name(task["id"])
 
         def call(nl: Netlink) -> str:
-            nl.changes += tasks.attach(nl, task, view, netns, self.node_id, self.mtu)
+            nl.changes += tasks.attach(nl, task, view, netns, self.node_id, self.mtu,
+                                       self._gateway_addrs)
             return netns
         return self._counted(call)
 
     def detach(self, task_id: str) -> None:
         """Delete the task namespace and its veths. No error if already gone."""
         self._counted(lambda nl: tasks.detach(nl, task_id, self.netns_name(task_id)))
+        self._gateway_addrs.release(task_id)
 
     def task_namespaces(self) -> list[str]:
         """Task ids (12-char prefixes) whose namespaces exist with this prefix and this node."""
@@ -108,6 +114,7 @@ class Dataplane:
     def teardown(self) -> None:
         """Remove this node's task namespaces and every shoal bridge and VXLAN device here."""
         self._synced = None
+        self._gateway_addrs.clear()
 
         def call(nl: Netlink) -> None:
             for netns in namespaces.names(self.ns_prefix):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from shoal.dataplane import names
+from shoal.dataplane import gateway, names
 from shoal.errors import KernelError
 from shoal.model.view import NodeView, TaskEntry, mac_for
 
@@ -32,6 +32,7 @@ class TaskLink:
     mac: str
     ip: str
     prefixlen: int
+    isolated: bool = False  # a port that may talk to the node only (the gateway bridge)
 
 
 def plan_networks(view: NodeView) -> dict[int, str]:
@@ -94,12 +95,14 @@ def neigh_by_vni(entries: set[FdbEntry]) -> dict[int, dict[str, str]]:
 
 
 class ReplyRoute(NamedTuple):
-    """A connection forwarded to this task by node `gateway` goes back through that node."""
+    """A default route in one routing table of a task's namespace. With a mark: a connection
+    forwarded to this task by node `gateway` goes back through that node. Without (the main
+    table): where everything else goes, the egress gateway if the task has one."""
 
     mark: int  # conntrack mark of connections that arrived from that node's ingress MAC
     table: int
-    gateway: str  # that node's ingress address
-    ifname: str  # the task's interface on the ingress network
+    gateway: str  # that node's ingress address (main table: the egress gateway's)
+    ifname: str  # the task's interface the route leaves by
 
 
 REPLY_RULE_PRIORITY = 100
@@ -112,23 +115,72 @@ def mark_for(ingress_addr: str) -> int:
     return (parts[2] << 8 | parts[3]) or 0xFFFF
 
 
+def _ingress_ifname(task: TaskEntry, view: NodeView) -> str | None:
+    ingress_id = next((i for i, n in view["networks"].items() if n.get("ingress")), None)
+    if ingress_id is None or ingress_id not in task["addrs"]:
+        return None
+    return names.task_ifname(sorted(task["addrs"]).index(ingress_id))
+
+
 def plan_reply_routes(task: TaskEntry, view: NodeView) -> list[ReplyRoute]:
     """For a task on the ingress network: a routing table per node that may forward to it.
     Replies must leave through the node that did the DNAT, whose conntrack undoes it; that is
-    what lets the task see the client's own address instead of a SNATed one (moby#25526)."""
-    ingress_id = next((i for i, n in view["networks"].items() if n.get("ingress")), None)
-    if ingress_id is None or ingress_id not in task["addrs"]:
+    what lets the task see the client's own address instead of a SNATed one (moby#25526).
+    The task's own node is one of them, with its own mark, like any other."""
+    ifname = _ingress_ifname(task, view)
+    if ifname is None:
         return []
-    ifname = names.task_ifname(sorted(task["addrs"]).index(ingress_id))
     own = view["node"].get("ingress_addr")
     nodes = {own} | {p.get("ingress_addr") for p in view["peers"].values()}
-    routes = [ReplyRoute(mark_for(addr), 0x10000 | mark_for(addr), addr, ifname)
-              for addr in sorted(a for a in nodes if a)]
-    if own:
-        # A reply's first route lookup happens before any hook can mark it (a SYN-ACK, a UDP
-        # sendto): without a default route it would fail there. The mark then re-routes it.
-        routes.append(ReplyRoute(0, MAIN_TABLE, own, ifname))
-    return routes
+    return [ReplyRoute(mark_for(addr), 0x10000 | mark_for(addr), addr, ifname)
+            for addr in sorted(a for a in nodes if a)]
+
+
+def plan_main_route(task: TaskEntry, view: NodeView,
+                    egress: TaskLink | None) -> ReplyRoute | None:
+    """The task's main-table default route, decided here and nowhere else.
+
+    With an egress veth: via the node's gateway (gateway.py), so the task reaches the outside.
+    Else, on the ingress network: via its own node's ingress address; a reply's first route
+    lookup happens before any hook can mark it (a SYN-ACK, a UDP sendto), and without a
+    default route it would fail there; the mark then re-routes it to its table. With an
+    egress veth that first lookup finds the gateway route, and the mark re-routes the same.
+    Else (internal networks only): none at all, so there is no way out."""
+    if egress is not None:
+        return ReplyRoute(0, MAIN_TABLE, gateway.ADDR, egress.ifname)
+    ifname = _ingress_ifname(task, view)
+    own = view["node"].get("ingress_addr")
+    if ifname is not None and own:
+        return ReplyRoute(0, MAIN_TABLE, own, ifname)
+    return None
+
+
+def plan_task_routes(task: TaskEntry, view: NodeView,
+                     egress: TaskLink | None) -> list[ReplyRoute]:
+    """Every default route the task's namespace holds: one per forwarding node, and main."""
+    routes = plan_reply_routes(task, view)
+    main = plan_main_route(task, view, egress)
+    return routes + ([main] if main is not None else [])
+
+
+def plan_egress_link(task: TaskEntry, view: NodeView, ip: str) -> TaskLink | None:
+    """The task's veth to the node's gateway bridge, after its network veths; None if all its
+    networks are internal. `ip` is its node-local address (gateway.Addresses)."""
+    if not gateway.needs_egress(task, view):
+        return None
+    index = len(task["addrs"])
+    return TaskLink(
+        index=index,
+        network_id="",
+        vni=0,
+        ifname=names.task_ifname(index),
+        host_ifname=names.host_veth_name(task["id"], index),
+        bridge=gateway.BRIDGE,
+        mac=mac_for(ip),
+        ip=ip,
+        prefixlen=gateway.PREFIXLEN,
+        isolated=True,
+    )
 
 
 def plan_task_links(task: TaskEntry, view: NodeView) -> list[TaskLink]:

@@ -4,6 +4,10 @@ The node side of each veth (shv<task id[:8]><index>) is a port of the network's 
 side (eth<index>) is created directly inside the task namespace with the task's MAC, then given
 its address. `lo` is brought up and its alias names the owning node, so that agents of a lab that
 share one /run/netns (and one name prefix) only ever list or remove their own namespaces.
+
+A task that may go out (gateway.py) has one more veth after its networks', to the node's
+gateway bridge. Its default routes (the main table's and the ingress reply tables) are planned
+in one place, plan.plan_task_routes, and written here in one place, _sync_routes.
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ import os
 
 from pyroute2 import IPRoute
 
-from shoal.dataplane import names, namespaces
+from shoal.dataplane import gateway, names, namespaces
 from shoal.dataplane.links import Link, Netlink
 from shoal.dataplane.plan import (
     REPLY_RULE_PRIORITY,
     ReplyRoute,
     TaskLink,
-    plan_reply_routes,
+    plan_egress_link,
     plan_task_links,
+    plan_task_routes,
 )
 from shoal.errors import KernelError
 from shoal.model.view import NodeView, TaskEntry
@@ -36,7 +41,7 @@ def open_task_netlink(fd: int, netns: str) -> Netlink:
 
 
 def attach(node: Netlink, task: TaskEntry, view: NodeView, netns: str, node_id: str,
-           mtu: int) -> int:
+           mtu: int, addrs: gateway.Addresses) -> int:
     """Create or repair the task's namespace and veths; return the number of kernel changes."""
     plan = plan_task_links(task, view)
     bridges: dict[str, Link] = {}
@@ -47,6 +52,13 @@ def attach(node: Netlink, task: TaskEntry, view: NodeView, netns: str, node_id: 
                 f"task {task['name']} ({task['id']}): bridge {tl.bridge} of network "
                 f"{tl.network_id} does not exist in {node.where}; sync the view first")
         bridges[tl.bridge] = bridge
+    if gateway.needs_egress(task, view):
+        bridge = node.link(gateway.BRIDGE)
+        if bridge is None or bridge.kind != "bridge":
+            raise KernelError(
+                f"task {task['name']} ({task['id']}): the gateway bridge {gateway.BRIDGE} does "
+                f"not exist in {node.where}; sync the view first")
+        bridges[gateway.BRIDGE] = bridge
     try:
         fd = namespaces.create(netns)
     except OSError as exc:
@@ -54,8 +66,13 @@ def attach(node: Netlink, task: TaskEntry, view: NodeView, netns: str, node_id: 
     try:
         inner = open_task_netlink(fd, netns)
         try:
-            _sync_task(node, inner, fd, plan, bridges, node_id, mtu)
-            _sync_reply_routes(inner, plan_reply_routes(task, view))
+            egress = None
+            if gateway.BRIDGE in bridges:
+                found = _addr_of(inner, names.task_ifname(len(plan)))
+                egress = plan_egress_link(task, view, addrs.claim(task["id"], found))
+            _sync_task(node, inner, fd, plan + ([egress] if egress else []), bridges, node_id,
+                       mtu)
+            _sync_routes(inner, plan_task_routes(task, view, egress))
             return inner.changes
         finally:
             inner.close()
@@ -63,8 +80,17 @@ def attach(node: Netlink, task: TaskEntry, view: NodeView, netns: str, node_id: 
         os.close(fd)
 
 
-def _sync_reply_routes(inner: Netlink, routes: list[ReplyRoute]) -> None:
-    """One fwmark rule and one routing table per node that may forward to this task."""
+def _addr_of(inner: Netlink, ifname: str) -> str | None:
+    """The address an interface of the task already has (the gateway veth after a restart)."""
+    link = inner.link(ifname)
+    if link is None:
+        return None
+    return next(iter(sorted(inner.addrs().get(link.index, set()))), (None, 0))[0]
+
+
+def _sync_routes(inner: Netlink, routes: list[ReplyRoute]) -> None:
+    """Every default route of the task: one fwmark rule and one table per node that may
+    forward to it, and the main table's (gateway or ingress), or none."""
     rules = inner.fwmark_rules()
     tables = inner.default_routes()
     wanted = {r.mark: r for r in routes}
@@ -84,8 +110,13 @@ def _sync_reply_routes(inner: Netlink, routes: list[ReplyRoute]) -> None:
             inner.default_route_replace(r.table, r.gateway, dev)
 
 
+def _mtu(tl: TaskLink, overlay_mtu: int) -> int:
+    """Overlay veths lose 50 bytes to VXLAN; the gateway veth is routed out of the underlay."""
+    return overlay_mtu + gateway.VXLAN_OVERHEAD if tl.bridge == gateway.BRIDGE else overlay_mtu
+
+
 def _sync_task(node: Netlink, inner: Netlink, fd: int, plan: list[TaskLink],
-               bridges: dict[str, Link], node_id: str, mtu: int) -> None:
+               bridges: dict[str, Link], node_id: str, overlay_mtu: int) -> None:
     links = inner.links()
     by_index = {lk.index: lk for lk in links.values()}
     lo = by_index.get(LO_INDEX)
@@ -102,6 +133,7 @@ def _sync_task(node: Netlink, inner: Netlink, fd: int, plan: list[TaskLink],
     addrs = inner.addrs()
     for tl in plan:
         bridge = bridges[tl.bridge]
+        mtu = _mtu(tl, overlay_mtu)
         host = node.link(tl.host_ifname)
         peer = links.get(tl.ifname)
         paired = (
@@ -117,7 +149,8 @@ def _sync_task(node: Netlink, inner: Netlink, fd: int, plan: list[TaskLink],
                 inner.del_link(peer)
             node.add_veth(tl.host_ifname, tl.ifname, tl.mac, fd, mtu, bridge.index)
             peer = inner.link(tl.ifname)
-            if peer is None:
+            host = node.link(tl.host_ifname)
+            if peer is None or host is None:
                 raise KernelError(f"{tl.ifname} did not appear in {inner.where} after "
                                   f"creating veth {tl.host_ifname}")
             have: set[tuple[str, int]] = set()
@@ -126,6 +159,8 @@ def _sync_task(node: Netlink, inner: Netlink, fd: int, plan: list[TaskLink],
             if host.master != bridge.index or host.mtu != mtu or not host.up:
                 node.set_link(host, master=bridge.index, mtu=mtu, state="up")
             have = addrs.get(peer.index, set())
+        if host.isolated != tl.isolated:
+            node.set_isolated(host, tl.isolated)
         if peer.mtu != mtu or not peer.up:
             inner.set_link(peer, mtu=mtu, state="up")
         for ip, prefixlen in sorted(have - {(tl.ip, tl.prefixlen)}):

@@ -70,6 +70,8 @@ def agent_argv(lab: Lab, node: LabNode) -> list[str]:
         "--state-dir", str(lab.node_state_dir(node)),
         "--ns-prefix", lab.prefix,
         "--dns-upstream", lab.ext_addr,
+        # Only the lab's nodes may join: ext, the outside world, may not reach the manager.
+        "--control-from", f"{lab.nodes[0].addr}-{lab.nodes[-1].addr}", "--closed-node",
     ]  # fmt: skip
 
 

@@ -75,10 +75,15 @@ def _ensure_netns(netns: str, existing: set[str]) -> None:
 
 def _ensure_host(lab: Lab, netns: str, port: str, addr: str, existing: set[str]) -> None:
     """A host namespace with eth0 plugged into switch port `port`."""
+    fresh = netns not in existing
     _ensure_netns(netns, existing)
     sw = lab.switch_netns
-    # A veth pair lives and dies as one: if the port is there, so is the host's eth0.
-    if not link_exists(sw, port):
+    # A veth pair lives and dies as one, but not at once: the kernel destroys a deleted
+    # namespace's devices in the background, so the switch port of a host just made again may
+    # still be there for a moment. Only a port whose host end is there is kept.
+    if fresh or not link_exists(netns, HOST_LINK):
+        if link_exists(sw, port):
+            ip("link", "del", port, netns=sw, check=False)
         ip("link", "add", port, "type", "veth", "peer", "name", HOST_LINK, "netns", netns, netns=sw)
     ip("link", "set", port, "master", SWITCH_BRIDGE, "up", netns=sw)
     # A host made again (its namespace was lost) keeps its MAC, so its neighbours' ARP caches
