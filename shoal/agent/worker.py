@@ -252,6 +252,12 @@ class Agent:
                         netns=local.netns)
             return
         self.report(entry["id"], "starting", "starting", netns=local.netns)
+        try:
+            await asyncio.to_thread(self.lb.program, view, entry["id"], local.netns)
+        except ShoalError as exc:
+            self.report(entry["id"], "failed", "load balancer setup failed", err=str(exc),
+                        netns=local.netns)
+            return
         await self._dns_attach(entry, local.netns)
         env = {"HOSTNAME": entry["name"], "SHOAL_TASK_ID": entry["id"],
                "SHOAL_TASK_NAME": entry["name"], "SHOAL_SERVICE_NAME": entry["service_name"]}

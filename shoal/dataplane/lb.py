@@ -159,26 +159,35 @@ class LoadBalancer:
                 if task_id not in netns_of:
                     self._forget(task_id)
             for task_id, netns in netns_of.items():
-                wanted = (render(view, task_id), render_marks(view, task_id))
-                before = self._programmed.get(task_id)
-                if before == wanted:
-                    continue
-                nft = self._nft.get(task_id)
-                if nft is None:
-                    nft = self._nft[task_id] = Nft(netns)
-                    before = None
-                text = script(before[0] if before else None, wanted[0]) + marks_script(
-                    before[1] if before else {}, wanted[1])
-                try:
-                    nft.run(text)
-                except Exception:
-                    # Start this namespace over on the next sync, from the skeleton.
-                    self._forget(task_id)
-                    raise
-                self._programmed[task_id] = wanted
-                changed += 1
-                log.debug("lb %s: %d VIPs programmed", task_id[:12], len(wanted[0]))
+                changed += self._program(view, task_id, netns)
         return changed
+
+    def program(self, view: NodeView, task_id: str, netns: str) -> bool:
+        """One task's table, before its process starts: its first connection to a VIP must
+        already be balanced."""
+        with self._lock:
+            return self._program(view, task_id, netns)
+
+    def _program(self, view: NodeView, task_id: str, netns: str) -> bool:
+        wanted = (render(view, task_id), render_marks(view, task_id))
+        before = self._programmed.get(task_id)
+        if before == wanted:
+            return False
+        nft = self._nft.get(task_id)
+        if nft is None:
+            nft = self._nft[task_id] = Nft(netns)
+            before = None
+        text = script(before[0] if before else None, wanted[0]) + marks_script(
+            before[1] if before else {}, wanted[1])
+        try:
+            nft.run(text)
+        except Exception:
+            # Start this namespace over on the next sync, from the skeleton.
+            self._forget(task_id)
+            raise
+        self._programmed[task_id] = wanted
+        log.debug("lb %s: %d VIPs programmed", task_id[:12], len(wanted[0]))
+        return True
 
     def forget(self, task_id: str) -> None:
         with self._lock:
