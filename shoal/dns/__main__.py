@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import logging
 import os
-import resource
-import signal
 import sys
 
+from shoal.childproc import die_with_parent, raise_fd_limit
 from shoal.dns import resolvconf
 from shoal.dns.control import Control
 from shoal.dns.forward import Forwarder
@@ -28,7 +26,6 @@ from shoal.dns.tables import Tables, parse_upstreams
 
 log = logging.getLogger("shoal.dns")
 
-PR_SET_PDEATHSIG = 1
 CONTROL_LINE_LIMIT = 1 << 30  # a full view of a large cluster is one line
 
 
@@ -47,23 +44,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     p.add_argument("--debug", action="store_true")
     return p
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() == 1:
-        sys.exit(0)  # the parent died before prctl: nobody will ever drive this process
-
-
-def _raise_fd_limit() -> None:
-    # Two sockets per task plus one per forward and TCP connection: 1024 is too few.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -92,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _die_with_parent()
-    _raise_fd_limit()
+    die_with_parent()
+    raise_fd_limit()
     if args.loop == "uvloop":
         try:
             import uvloop

@@ -25,23 +25,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import gc
 import json
 import logging
 import os
-import resource
 import signal
 import sys
 import threading
 from typing import Any
 
+from shoal.childproc import die_with_parent, raise_fd_limit
 from shoal.errors import ShoalError
 from shoal.mesh.routes import Addr, format_addr, parse_routes
 from shoal.mesh.server import MeshConfig, MeshServer
 
 log = logging.getLogger("shoal.mesh")
-PR_SET_PDEATHSIG = 1
 
 
 def parse_listen(text: str) -> Addr | None:
@@ -211,28 +209,12 @@ async def serve(args: argparse.Namespace) -> int:
         await server.close()
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() == 1:
-        sys.exit(0)  # the parent died before prctl: nobody will ever drive this process
-
-
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _die_with_parent()
-    _raise_fd_limit()
+    die_with_parent()
+    raise_fd_limit()
     try:
         import uvloop
 
