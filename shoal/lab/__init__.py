@@ -16,8 +16,8 @@ so no lab packet can leave the machine. `lab_down(name)` removes all of it, by t
 files and name prefix only.
 
 Modules: layout (names, addresses, paths; no I/O), topology (namespaces and links), processes
-(start and stop the manager and agents), lifecycle (up, status, down), unixhttp (GET over
-the docker socket).
+(start and stop the manager and agents), lifecycle (up, status, down); the API is asked
+through shoal.client.
 """
 
 from shoal.lab.layout import DEFAULT_NAME, Lab, LabNode, check_name

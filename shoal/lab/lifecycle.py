@@ -17,6 +17,7 @@ import sys
 import time
 
 from shoal import preflight
+from shoal.client import Client
 from shoal.errors import Conflict, KernelError, ShoalError
 from shoal.lab import processes, topology
 from shoal.lab.layout import (
@@ -29,7 +30,6 @@ from shoal.lab.layout import (
     check_nodes,
     prefix,
 )
-from shoal.lab.unixhttp import get_json
 
 
 def _write_config(lab: Lab) -> None:
@@ -69,12 +69,12 @@ def wait_ready(lab: Lab, wait: float) -> None:
         if dead:
             raise ShoalError(_failure(lab, f"{', '.join(dead)} exited"))
         try:
-            nodes = get_json(str(lab.docker_socket), "/nodes", timeout=2.0)
+            nodes = Client(lab.docker_host, timeout=2.0).get("/nodes")
             ready = [n for n in nodes if (n.get("Status") or {}).get("State") == "ready"]
             if len(ready) >= want:
                 return
             last = f"{len(ready)} of {want} nodes ready"
-        except (OSError, ValueError, AttributeError) as exc:
+        except (ShoalError, ValueError, AttributeError) as exc:
             last = f"GET /nodes: {exc}"
         if time.monotonic() >= deadline:
             raise ShoalError(_failure(lab, f"not ready after {wait:g}s ({last})"))

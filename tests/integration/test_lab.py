@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from shoal import preflight
+from shoal.client import Client
 from shoal.errors import Conflict, InvalidArgument, ShoalError, Unavailable
 from shoal.lab import (
     Lab,
@@ -35,7 +36,6 @@ from shoal.lab import (
 )
 from shoal.lab.layout import NETNS_ETC, RUN_ROOT, STATE_ROOT
 from shoal.lab.topology import lab_netns, netns_list
-from shoal.lab.unixhttp import get_json
 
 root = pytest.mark.root
 PORT = 7070
@@ -373,7 +373,7 @@ def netns_inode(pid: int) -> int:
 
 
 def ready_nodes(lab: Lab) -> list[str]:
-    nodes = get_json(str(lab.docker_socket), "/nodes")
+    nodes = Client(lab.docker_host).get("/nodes")
     return sorted(n["Description"]["Hostname"] for n in nodes if n["Status"]["State"] == "ready")
 
 
@@ -404,7 +404,7 @@ def test_processes_up_restart_down(fake_python: str) -> None:
         # The manager goes away and comes back; the agents find it again.
         stop_manager(lab)
         assert pid_of(lab, "manager") is None and not alive(pids["manager"])
-        with pytest.raises(OSError):
+        with pytest.raises(Unavailable, match="cannot reach the shoal manager"):
             ready_nodes(lab)
         start_manager(lab)
         wait_ready(lab, 20)
