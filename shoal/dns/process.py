@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import sys
 from dataclasses import dataclass
 from typing import Any
 
+from shoal.childproc import Channel
 from shoal.errors import ShoalError
 from shoal.model import view as nv
 
@@ -55,15 +55,17 @@ class Resolver:
     def __init__(self, options: DnsOptions | None = None, python: str = sys.executable) -> None:
         self.options = options or DnsOptions()
         self.python = python
-        self.proc: asyncio.subprocess.Process | None = None
+        self.channel = Channel(ResolverError, "the resolver")
         self.view: nv.NodeView | None = None
         self.attached: dict[str, str] = {}  # task id -> namespace
         self.restarts = 0
-        self._seq = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._stopping = False
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.channel.proc
 
     # --- lifecycle ---
 
@@ -83,17 +85,8 @@ class Resolver:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            if proc.stdin is not None:
-                proc.stdin.close()  # end of input: it closes its sockets and exits
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        self._fail_pending("the resolver stopped")
+        await self.channel.end(STOP_TIMEOUT)  # end of input: it closes its sockets and exits
+        self.channel.fail_pending("the resolver stopped")
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         # Started from the agent's main thread: PR_SET_PDEATHSIG in the child is tied to the
@@ -106,7 +99,7 @@ class Resolver:
         delay = RESTART_MIN
         while not self._stopping:
             try:
-                proc = self.proc = await self._spawn()
+                proc = self.channel.proc = await self._spawn()
             except OSError as exc:
                 log.error("cannot start the resolver: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -115,7 +108,7 @@ class Resolver:
             reader = asyncio.create_task(self._read(proc))
             # Everything it must know, in order, before anyone else writes to it.
             if self.view is not None:
-                self._write({"op": "view", "view": self.view})
+                self.channel.write({"op": "view", "view": self.view})
             replays = [self.call({"op": "attach", "task_id": t, "netns": ns})
                        for t, ns in self.attached.items()]
             self._ready.set()
@@ -126,7 +119,7 @@ class Resolver:
             code = await proc.wait()
             reader.cancel()
             self._ready.clear()
-            self._fail_pending(f"the resolver exited ({code})")
+            self.channel.fail_pending(f"the resolver exited ({code})")
             if self._stopping:
                 return
             if asyncio.get_running_loop().time() - started > 10:
@@ -146,53 +139,20 @@ class Resolver:
                 msg = json.loads(line)
             except ValueError:
                 continue
-            fut = self._pending.pop(msg.get("seq"), None)
-            if fut is None or fut.done():
-                continue
-            if msg.get("ok"):
-                fut.set_result(msg.get("result"))
-            else:
-                fut.set_exception(ResolverError(str(msg.get("error"))))
-
-    def _fail_pending(self, why: str) -> None:
-        pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(ResolverError(why))
-
-    def _write(self, msg: dict[str, Any]) -> bool:
-        proc = self.proc
-        if proc is None or proc.stdin is None or proc.returncode is not None:
-            return False
-        try:
-            proc.stdin.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-        except (BrokenPipeError, ConnectionResetError, RuntimeError):
-            return False  # it died: the supervisor starts it again and replays
-        return True
+            self.channel.answer(msg)
 
     async def call(self, msg: dict[str, Any], timeout: float = CALL_TIMEOUT) -> Any:
-        seq = next(self._seq)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = fut
-        if not self._write({**msg, "seq": seq}):
-            self._pending.pop(seq, None)
-            raise ResolverError("the resolver is not running")
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            self._pending.pop(seq, None)
-            raise ResolverError(f"the resolver did not answer {msg.get('op')} in "
-                                f"{timeout:g}s") from None
+        return await self.channel.call(msg, timeout)
 
     # --- what the agent tells it ---
 
     def set_view(self, view: nv.NodeView) -> None:
         self.view = view
-        self._write({"op": "view", "view": view})
+        self.channel.write({"op": "view", "view": view})
 
     def apply_delta(self, delta: dict[str, Any], view: nv.NodeView) -> None:
         self.view = view
-        self._write({"op": "delta", "delta": delta})
+        self.channel.write({"op": "delta", "delta": delta})
 
     async def attach(self, task_id: str, netns: str) -> None:
         """Listen on 127.0.0.11:53 in the task's namespace; returns once it does."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.childproc import Channel
 from shoal.mesh.daemon import config_argv, parse_listen
 from shoal.mesh.errors import MeshError
 from shoal.mesh.routes import Addr, parse_routes
@@ -61,19 +61,21 @@ class MeshProcess:
         parse_listen(self.options.http)  # argparse errors now rather than in the child
         parse_listen(self.options.https)
         self.python = python
-        self.proc: asyncio.subprocess.Process | None = None
+        self.channel = Channel(MeshError, "the mesh")
         self.routes: dict[str, Any] = {"http": {}, "https": {}}
         self.http_address: Addr | None = None
         self.https_address: Addr | None = None
         self.restarts = 0
-        self._seq = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._failed: BaseException | None = None
         self._first_exit = asyncio.Event()  # it ended before it ever listened: a bad option
         self._ever_ready = False
         self._stopping = False
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.channel.proc
 
     @property
     def pid(self) -> int | None:
@@ -101,7 +103,7 @@ class MeshProcess:
                        "https": dict(routes.get("https") or {})}
         if not self._ready.is_set():
             return  # (re)starting: the supervisor sends the latest table first
-        await self._call({"op": "routes", **self.routes}, timeout)
+        await self.channel.call({"op": "routes", **self.routes}, timeout)
 
     async def stop(self) -> int | None:
         """End the process (stdin EOF, then SIGKILL after STOP_TIMEOUT); its exit code."""
@@ -113,16 +115,8 @@ class MeshProcess:
         proc = self.proc
         if proc is None:
             return None
-        if proc.returncode is None:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        self._fail_pending("the mesh stopped")
+        await self.channel.end(STOP_TIMEOUT)
+        self.channel.fail_pending("the mesh stopped")
         return proc.returncode
 
     async def __aenter__(self) -> MeshProcess:
@@ -139,7 +133,7 @@ class MeshProcess:
             # Started from the agent's main thread: PR_SET_PDEATHSIG in the child is tied to
             # the thread that forked it.
             try:
-                proc = self.proc = await asyncio.create_subprocess_exec(
+                proc = self.channel.proc = await asyncio.create_subprocess_exec(
                     *self.options.argv(self.python), stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE, limit=1 << 20)
             except OSError as exc:
@@ -154,7 +148,7 @@ class MeshProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader  # stdout ends with the process; keep its last answers
             self._ready.clear()
-            self._fail_pending(f"the mesh exited ({code})")
+            self.channel.fail_pending(f"the mesh exited ({code})")
             if self._stopping:
                 return
             self._failed = MeshError(f"the mesh exited with {code}")
@@ -179,45 +173,9 @@ class MeshProcess:
                 self.http_address = parse_listen(msg["http"]) if msg.get("http") else None
                 self.https_address = parse_listen(msg["https"]) if msg.get("https") else None
                 # The table before anyone else writes: a restarted mesh routes at once.
-                self._write({"op": "routes", "seq": 0, **self.routes})
+                self.channel.write({"op": "routes", "seq": 0, **self.routes})
                 self._ever_ready = True
                 self._ready.set()
                 continue
-            fut = self._pending.pop(msg.get("seq"), None)
-            if fut is None or fut.done():
-                if msg.get("ok") is False:
-                    log.error("mesh refused routes: %s", msg.get("error"))
-                continue
-            if msg.get("ok"):
-                fut.set_result(msg.get("result"))
-            else:
-                fut.set_exception(MeshError(str(msg.get("error"))))
-
-    def _fail_pending(self, why: str) -> None:
-        pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(MeshError(why))
-
-    def _write(self, msg: dict[str, Any]) -> bool:
-        proc = self.proc
-        if proc is None or proc.stdin is None or proc.returncode is not None:
-            return False
-        try:
-            proc.stdin.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-        except (BrokenPipeError, ConnectionResetError, RuntimeError):
-            return False
-        return True
-
-    async def _call(self, msg: dict[str, Any], timeout: float) -> Any:
-        seq = next(self._seq)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = fut
-        if not self._write({**msg, "seq": seq}):
-            self._pending.pop(seq, None)
-            raise MeshError("the mesh is not running")
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            self._pending.pop(seq, None)
-            raise MeshError(f"the mesh did not answer in {timeout:g}s") from None
+            if not self.channel.answer(msg) and msg.get("ok") is False:
+                log.error("mesh refused routes: %s", msg.get("error"))
