@@ -25,6 +25,9 @@ log = logging.getLogger("shoal.dispatcher")
 
 DOWN_GRACE = 3.0  # seconds a node may be without a session before it is marked down
 HEARTBEAT = 2.0  # WebSocket ping period; a missed pong closes the session
+# What an agent may say of a task; the states before it (new .. assigned) are the manager's.
+REPORTABLE = frozenset({"accepted", "preparing", "ready", "starting", "running", "complete",
+                        "shutdown", "failed", "rejected"})
 RESTART_GRACE = 10.0  # after a manager restart, seconds an agent has to reconnect
 
 
@@ -205,10 +208,6 @@ class ViewIndex:
         return view
 
 
-def compute_view(store: BaseStore, node: Obj) -> nv.NodeView:
-    return ViewIndex(store).view(node)
-
-
 class Dispatcher:
     def __init__(self, store: BaseStore, manager_addr: str) -> None:
         self.store = store
@@ -340,7 +339,7 @@ class Dispatcher:
             for report in reports:
                 task = tx.get("task", str(report.get("id")))
                 state = report.get("state")
-                if task is None or task.get("NodeID") != node_id or state not in nv_states:
+                if task is None or task.get("NodeID") != node_id or state not in REPORTABLE:
                     continue
                 current = task["Status"]["State"]
                 if current in TERMINAL or state_index(state) < state_index(current):
@@ -370,7 +369,3 @@ class Dispatcher:
         session.replies[req_id] = fut
         await session.ws.send_json({"type": "request", "id": req_id, "body": body})
         return await asyncio.wait_for(fut, timeout)
-
-
-nv_states = frozenset({"accepted", "preparing", "ready", "starting", "running", "complete",
-                       "shutdown", "failed", "rejected"})
