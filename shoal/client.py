@@ -1,7 +1,10 @@
-"""A small synchronous client for the manager's Docker API (unix socket or TCP).
+"""A small synchronous client for the manager's Docker API (unix socket or the cluster port).
 
 Used by the shoal CLI and the lab. Non-2xx answers become ShoalError subclasses carrying the
 server's message, so the CLI prints exactly what the API said.
+
+Over TCP it speaks mutual TLS with the certificates the docker CLI reads:
+$DOCKER_CERT_PATH/{ca.pem,cert.pem,key.pem} (what `shoal user create --out DIR` writes).
 """
 
 from __future__ import annotations
@@ -10,10 +13,18 @@ import http.client
 import json
 import os
 import socket
+import ssl
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError, Unavailable
+from shoal.errors import (
+    Conflict,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+    ShoalError,
+    Unavailable,
+)
 
 DEFAULT_HOST = "unix:///run/shoal/shoal/docker.sock"
 API_PREFIX = "/v1.47"
@@ -35,25 +46,47 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-_ERRORS = {400: InvalidArgument, 404: NotFound, 409: Conflict}
+_ERRORS = {400: InvalidArgument, 401: Forbidden, 403: Forbidden,
+           404: NotFound, 409: Conflict}
+
+
+def tls_context(cert_path: str) -> ssl.SSLContext:
+    """Mutual TLS 1.3 with a user's (or node's) certificate from the cluster CA."""
+    ctx = ssl.create_default_context(cafile=os.path.join(cert_path, "ca.pem"))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        ctx.load_cert_chain(os.path.join(cert_path, "cert.pem"),
+                            os.path.join(cert_path, "key.pem"))
+    except OSError as exc:
+        raise InvalidArgument(f"no client certificate in {cert_path}: {exc} (make one with "
+                              "`shoal user create NAME --role R --out DIR`)") from exc
+    return ctx
 
 
 class Client:
-    def __init__(self, host: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, host: str | None = None, timeout: float = 30.0,
+                 cert_path: str | None = None) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         self.timeout = timeout
+        self.cert_path = cert_path or os.environ.get("DOCKER_CERT_PATH")
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.host.startswith("unix://"):
             return UnixHTTPConnection(self.host[len("unix://"):], self.timeout)
-        if self.host.startswith(("tcp://", "http://")):
+        if self.host.startswith(("tcp://", "https://")):
             hostport = self.host.split("://", 1)[1].rstrip("/")
-            return http.client.HTTPConnection(hostport, timeout=self.timeout)
+            if not self.cert_path:
+                raise InvalidArgument(f"{self.host} speaks mutual TLS only: set "
+                                      "DOCKER_CERT_PATH to a directory with ca.pem, cert.pem "
+                                      "and key.pem (`shoal user create`)")
+            return http.client.HTTPSConnection(hostport, timeout=self.timeout,
+                                               context=tls_context(self.cert_path))
         raise InvalidArgument(f"unsupported host {self.host!r}: use unix:///path or tcp://h:p")
 
     def request(self, method: str, path: str, body: Any = None,
                 query: dict[str, Any] | None = None, raw: bool = False) -> Any:
-        url = API_PREFIX + path
+        # shoal's own paths (/shoal/v1/...) carry no Docker API version
+        url = path if path.startswith("/shoal/") else API_PREFIX + path
         if query:
             url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         conn = self._connection()

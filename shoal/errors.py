@@ -32,3 +32,9 @@ class KernelError(ShoalError):
     """A netlink, nft or subprocess failure, converted at the boundary."""
 
     status = 500
+
+
+class Forbidden(ShoalError):
+    """The caller is known but may not do this (RBAC), or is not known at all."""
+
+    status = 403

@@ -57,7 +57,7 @@ class Agent:
         self.reports: dict[str, dict[str, Any]] = {}  # latest per task, resent after reconnect
         self.dataplane: Dataplane | None = None
         self._changed = asyncio.Event()
-        self.session = Session(manager, self)
+        self.session = Session(manager, self, self.state_dir / "tls")
         # The node's DNS server for its tasks, a child process fed every view change (shoal.dns).
         self.resolver = Resolver(dns)
         self.lb = LoadBalancer()  # VIPs, inside each task's namespace
@@ -77,11 +77,9 @@ class Agent:
 
     @property
     def node_id(self) -> str:
-        path = self.state_dir / "node_id"
-        return path.read_text().strip() if path.exists() else ""
+        return self.session.node_id  # the CN of the node's certificate
 
     def registered(self, node_id: str) -> None:
-        (self.state_dir / "node_id").write_text(node_id + "\n")
         if self.dataplane is None:
             self.dataplane = Dataplane(node_id, self.addr, self.ns_prefix)
             # A restarted agent starts clean: what the manager still wants comes back from
@@ -90,7 +88,7 @@ class Agent:
             resolvconf.remove_stale(self.ns_prefix)
 
     def register_message(self) -> dict[str, Any]:
-        return {"type": "register", "node_id": self.node_id, "hostname": self.hostname,
+        return {"type": "register", "hostname": self.hostname,
                 "addr": self.addr, "resources": {
                     "NanoCPUs": (os.cpu_count() or 1) * 1_000_000_000,
                     "MemoryBytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}}

@@ -18,9 +18,12 @@ from typing import Any
 from aiohttp import web
 
 import shoal
+from shoal import ca
 from shoal.api import filters as flt
-from shoal.errors import InvalidArgument, NotFound, ShoalError
+from shoal.api.access import CALLER, access_middleware
+from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.manager import Manager
+from shoal.manager.security import REVOCATIONS, ClusterSecurity
 from shoal.model.objects import Obj, network_resource
 
 log = logging.getLogger("shoal.api")
@@ -145,8 +148,67 @@ async def info(request: web.Request) -> web.Response:
 
 async def swarm_inspect(request: web.Request) -> web.Response:
     cluster = dict(mgr(request).cluster)
-    cluster["JoinTokens"] = {"Worker": "", "Manager": ""}
+    cluster.pop(REVOCATIONS, None)
+    caller = request.get(CALLER)
+    if caller is None or not caller.is_admin or "JoinTokens" not in cluster:
+        cluster["JoinTokens"] = {"Worker": "", "Manager": ""}  # tokens are for admins only
     return ok(cluster)
+
+
+def _security(request: web.Request) -> ClusterSecurity:
+    security = mgr(request).security
+    if security is None:
+        raise Unavailable("this manager has no cluster CA: run `shoal init` and restart it")
+    return security
+
+
+async def swarm_update(request: web.Request) -> web.Response:
+    """`docker swarm join-token --rotate` and `docker swarm update --cert-expiry`."""
+    security = _security(request)
+    spec = await body_json(request)
+    cluster = mgr(request).cluster
+    version = request.query.get("version", "")
+    if version != str(cluster["Version"]["Index"]):
+        raise Conflict(f"update out of sequence: the swarm is at version "
+                       f"{cluster['Version']['Index']}, not {version or '(none)'}")
+    expiry = ((spec or {}).get("CAConfig") or {}).get("NodeCertExpiry") if isinstance(
+        spec, dict) else None
+    if expiry is not None and expiry != cluster["Spec"]["CAConfig"]["NodeCertExpiry"]:
+        security.set_cert_expiry(int(expiry))
+    for role, flag in (("worker", "rotateWorkerToken"), ("manager", "rotateManagerToken")):
+        if truthy(request.query.get(flag)):
+            security.rotate_token(role)
+    return web.Response(status=200)
+
+
+# --- the cluster CA on the cluster port (docs/security.md) ---
+
+
+async def ca_cert(request: web.Request) -> web.Response:
+    return web.Response(body=_security(request).authority.root.cert_pem,
+                        headers={"Content-Type": "application/x-pem-file"})
+
+
+async def join(request: web.Request) -> web.Response:
+    return ok(_security(request).join(await body_json(request), str(request.remote or "")))
+
+
+async def renew(request: web.Request) -> web.Response:
+    ident = ca.authorize(request, ca.MANAGER, ca.WORKER)
+    if ident is None:
+        raise InvalidArgument("renewal is for nodes, over mutual TLS on the cluster port")
+    return ok(_security(request).renew(ident, await body_json(request)))
+
+
+async def user_create(request: web.Request) -> web.Response:
+    return ok(_security(request).issue_user(await body_json(request)), status=201)
+
+
+async def audit_read(request: web.Request) -> web.Response:
+    audit = mgr(request).audit
+    if audit is None:
+        raise Unavailable("this manager keeps no audit log")
+    return ok(audit.read(user=request.query.get("user"), since=request.query.get("since")))
 
 
 async def distribution(request: web.Request) -> web.Response:
@@ -172,6 +234,24 @@ async def node_list(request: web.Request) -> web.Response:
 
 async def node_inspect(request: web.Request) -> web.Response:
     return ok(mgr(request).control.find("node", request.match_info["id"]))
+
+
+async def node_update(request: web.Request) -> web.Response:
+    """`docker node promote/demote/update`: a new certificate follows a role change."""
+    node = mgr(request).control.find("node", request.match_info["id"])
+    try:
+        version = int(request.query.get("version", ""))
+    except ValueError:
+        raise InvalidArgument("the version query parameter is required") from None
+    _security(request).update_node(node["ID"], version, await body_json(request))
+    return web.Response(status=200)
+
+
+async def node_remove(request: web.Request) -> web.Response:
+    """`docker node rm`: the node's certificates are refused from this moment."""
+    node = mgr(request).control.find("node", request.match_info["id"])
+    _security(request).remove_node(node["ID"], truthy(request.query.get("force")))
+    return web.Response(status=200)
 
 
 # --- networks ---
@@ -407,7 +487,13 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(manager: Manager) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=16 << 20)
+    security = manager.security
+    middlewares = [access_middleware(security.effective_role if security else None,
+                                     manager.audit), errors]
+    if security is not None:
+        # Default deny: TLS callers need a certificate from this CA (docs/security.md).
+        middlewares.insert(0, ca.auth_middleware(security.trust))
+    app = web.Application(middlewares=middlewares, client_max_size=16 << 20)
     app[manager_key] = manager
     r = app.router
     r.add_route("HEAD", V + "_ping", ping)
@@ -415,9 +501,12 @@ def make_app(manager: Manager) -> web.Application:
     r.add_get(V + "version", version)
     r.add_get(V + "info", info)
     r.add_get(V + "swarm", swarm_inspect)
+    r.add_post(V + "swarm/update", swarm_update)
     r.add_get(V + "distribution/{name:.+}/json", distribution)
     r.add_get(V + "nodes", node_list)
     r.add_get(V + "nodes/{id}", node_inspect)
+    r.add_post(V + "nodes/{id}/update", node_update)
+    r.add_delete(V + "nodes/{id}", node_remove)
     r.add_get(V + "networks", network_list)
     r.add_post(V + "networks/create", network_create)
     r.add_get(V + "networks/{id}", network_inspect)
@@ -432,5 +521,10 @@ def make_app(manager: Manager) -> web.Application:
     r.add_get(V + "tasks/{id}", task_inspect)
     r.add_get(V + "tasks/{id}/logs", task_logs)
     r.add_get("/shoal/v1/session", manager.dispatcher.handle)
+    r.add_get(ca.CA_PATH, ca_cert)
+    r.add_post(ca.JOIN_PATH, join)
+    r.add_post(ca.RENEW_PATH, renew)
+    r.add_post("/shoal/v1/users", user_create)
+    r.add_get("/shoal/v1/audit", audit_read)
     return app
 

@@ -18,6 +18,7 @@ only; established ones, a session's WebSocket among them, carry on.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -129,6 +130,13 @@ def _is_unix(request: web.BaseRequest) -> bool:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def json_error(status: int, message: str) -> web.Response:
+    """{"message"} as Docker sends it: the Content-Type exactly "application/json", or the
+    docker CLI prints the body raw instead of the message."""
+    return web.Response(body=json.dumps({"message": message}).encode() + b"\n", status=status,
+                        headers={"Content-Type": "application/json"})
+
+
 def auth_middleware(trust: Trust, *, open_paths: Iterable[str] = OPEN_PATHS,
                     ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """Authenticate every request, default deny.
@@ -154,7 +162,7 @@ def auth_middleware(trust: Trust, *, open_paths: Iterable[str] = OPEN_PATHS,
         except CAError as exc:
             log.warning("refused %s %s from %s: %s", request.method, request.path,
                         request.remote, exc)
-            return web.json_response({"message": str(exc)}, status=exc.status)
+            return json_error(exc.status, str(exc))
         return await handler(request)
 
     return authenticate

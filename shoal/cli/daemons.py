@@ -1,7 +1,8 @@
 """The long-running processes: `shoal manager` and `shoal agent`.
 
 The manager serves the Docker API on a unix socket (for local clients: the docker CLI, the SDK,
-shoal's own CLI) and on TCP (for agents). The agent runs in the node's network namespace and
+shoal's own CLI) and on the cluster port over mutual TLS (agents, other managers, remote users
+with certificates). The agent runs in the node's network namespace and
 never imports manager code.
 """
 
@@ -18,7 +19,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    import ssl
+
     from shoal.dns.process import DnsOptions
+    from shoal.manager.security import ClusterSecurity
 
 log = logging.getLogger("shoal")
 
@@ -32,12 +36,17 @@ async def _until_signalled() -> None:
 
 
 async def run_manager(state_dir: str, socket_path: str, listen: str) -> None:
+    from shoal import ca
     from shoal.api.app import make_app
     from shoal.manager import Manager
+    from shoal.manager.audit import AuditLog
+    from shoal.manager.security import ClusterSecurity
     from shoal.store import SQLiteStore
 
     store = SQLiteStore(Path(state_dir) / "store.db")
-    manager = Manager(store, listen)
+    security = ClusterSecurity.load(store, Path(state_dir), listen)
+    audit = AuditLog(Path(state_dir) / "audit.log")
+    manager = Manager(store, listen, security, audit)
     app = make_app(manager)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -47,15 +56,36 @@ async def run_manager(state_dir: str, socket_path: str, listen: str) -> None:
     await web.UnixSite(runner, socket_path).start()
     os.chmod(socket_path, 0o660)
     host, _, port = listen.rpartition(":")
-    await web.TCPSite(runner, host, int(port), reuse_address=True).start()
-    log.info("manager up: unix://%s and %s", socket_path, listen)
+    ctx = security.server_context()
+    # Mutual TLS 1.3 on the cluster port; TLSSite logs every refused handshake and why.
+    await ca.TLSSite(runner, host, int(port), ssl_context=ctx, reuse_address=True).start()
+    log.info("manager up: unix://%s and %s (mutual TLS)", socket_path, listen)
     loop_task = asyncio.create_task(manager.run())
+    renewal = asyncio.create_task(_renew_own_certificate(security, ctx))
     try:
         await _until_signalled()
     finally:
         loop_task.cancel()
+        renewal.cancel()
         await runner.cleanup()
+        audit.close()
         store.close()
+
+
+async def _renew_own_certificate(security: ClusterSecurity, ctx: ssl.SSLContext) -> None:
+    """The manager's server certificate renews like any node's, in process: a new key and
+    certificate go to <state>/tls and into the live context."""
+    from shoal import ca
+
+    while True:
+        await asyncio.sleep(ca.renew_delay(security.credentials().cert))
+        try:
+            new = security.renew_own(ctx)
+            log.info("manager certificate renewed, valid until %s",
+                     new.identity.not_after.isoformat(timespec="seconds"))
+        except ca.CAError as exc:
+            log.error("manager certificate renewal failed: %s; retrying", exc)
+            await asyncio.sleep(ca.retry_delay(security.credentials().cert, 1))
 
 
 async def run_agent(manager: str, hostname: str, addr: str, state_dir: str,

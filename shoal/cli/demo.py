@@ -83,6 +83,52 @@ def _wait_running(client: Client, service: str, count: int, timeout: float = 30.
     raise ShoalError(f"{service} did not reach {count} running tasks in {timeout:.0f}s")
 
 
+def _isolation(up: object, client: Client, env: dict[str, str], web_addr: str) -> None:
+    _say("Isolation: a task on another network cannot reach appnet, even by address")
+    try:
+        client.find("network", "othernet")
+    except ShoalError:
+        _run(["shoal", "network", "create", "othernet"], env)
+    try:
+        client.request("DELETE", "/services/probe")
+    except ShoalError:
+        pass
+    _run(["shoal", "service", "create", "--name", "probe", "--network", "othernet", "--",
+          "sleep", "infinity"], env)
+    _wait_running(client, "probe", 1)
+    _run(["shoal", "exec", "probe.1", "--", "curl", "-sS", "--max-time", "2",
+          f"http://{web_addr}/"], env, check=False)
+    print("(dropped: networks exchange no packet, on one node or across nodes)")
+    _run(["shoal", "exec", "probe.1", "--", "dig", "+short", "+tcp", "@198.18.0.2",
+          "www.outside.test"], env, check=False)
+    print("(egress to the outside goes through the node, masqueraded; --internal has none)")
+    _run(["ip", "netns", "exec", up.ext_netns, "curl", "-sS", "--max-time", "2",  # type: ignore
+          f"http://{up.nodes[0].addr}:2377/"], env, check=False)  # type: ignore
+    print("(from outside only published ports and the mesh answer; the manager's port is "
+          "for cluster nodes)")
+
+
+def _control_plane(up: object, env: dict[str, str]) -> None:
+    _say("The control plane: mutual TLS 1.3 with the cluster's own CA, roles, an audit log")
+    node2 = up.nodes[1]  # type: ignore
+    _run(["openssl", "x509", "-noout", "-subject", "-enddate", "-in",
+          str(up.node_state_dir(node2) / "tls" / "node.pem")], env)  # type: ignore
+    print("(node2's certificate: CN its node id, OU its role, O the cluster; renewed at a "
+          "random 50-80 % of its life)")
+    certs = up.run_dir / "demo-viewer"  # type: ignore
+    _run(["shoal", "user", "create", "dora", "--role", "viewer", "--out", str(certs)], env)
+    remote = {**env, "DOCKER_HOST": f"tcp://{up.manager_addr}", "DOCKER_TLS_VERIFY": "1",  # type: ignore
+              "DOCKER_CERT_PATH": str(certs)}
+    in_node2 = ["ip", "netns", "exec", node2.netns]
+    if shutil.which("docker"):
+        _run([*in_node2, "docker", "service", "ls"], remote, check=False)
+        _run([*in_node2, "docker", "service", "rm", "web"], remote, check=False)
+    else:
+        _run([*in_node2, sys.executable, "-m", "shoal", "service", "ls"], remote, check=False)
+    print("(a viewer reads but may not change; the docker CLI checks the manager's certificate)")
+    _run(["shoal", "audit"], env)
+
+
 def run_demo(name: str, nodes: int) -> int:
     from shoal import lab, preflight
 
@@ -160,6 +206,9 @@ def run_demo(name: str, nodes: int) -> int:
     _run(["ip", "netns", "exec", up.ext_netns, "curl", "-s", "-H", "Host: nobody.example.org",
           f"http://{up.nodes[-1].addr}/"], env)
 
+    _isolation(up, client, env, addr)
+    _control_plane(up, env)
+
     _say("Scaling: 6 -> 2, and the tasks, namespaces and veths of slots 3-6 go away")
     _run(["shoal", "service", "scale", "web=2"], env)
     _wait_running(client, "web", 2)
@@ -178,6 +227,8 @@ def run_demo(name: str, nodes: int) -> int:
 - a VIP balanced in the kernel over healthy tasks, the callers' addresses kept
 - a published port answering on every node, the outside client's address kept
 - the HTTP routing mesh sending a Host header to its service from any node
+- networks isolated from each other, egress through the node, nothing open to the outside
+- mutual TLS between every node and the manager, a viewer refused a change, the audit log
 - scaling down, with the removed tasks' namespaces cleaned up
 
 The lab is still up. Try:

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+from shoal.cli import cluster
 from shoal.cli.format import ago, table
 from shoal.client import Client
 from shoal.errors import InvalidArgument, NotFound, ShoalError
@@ -110,6 +111,25 @@ def cmd_node(args: argparse.Namespace) -> int:
     c = _client(args)
     if args.node_cmd == "inspect":
         _print_json([c.find("node", ref) for ref in args.nodes])
+        return 0
+    if args.node_cmd == "rm":
+        for ref in args.nodes:
+            node = c.find("node", ref)
+            c.request("DELETE", f"/nodes/{node['ID']}", query={"force": args.force or None})
+            print(node["ID"])
+        return 0
+    if args.node_cmd in ("promote", "demote", "update"):
+        for ref in args.nodes:
+            node = c.find("node", ref)
+            spec = node["Spec"]
+            if args.node_cmd != "update":
+                spec["Role"] = "manager" if args.node_cmd == "promote" else "worker"
+            elif args.availability:
+                spec["Availability"] = args.availability
+            c.request("POST", f"/nodes/{node['ID']}/update", body=spec,
+                      query={"version": node["Version"]["Index"]})
+            print(f"Node {ref} updated" if args.node_cmd == "update" else
+                  f"Node {ref} {args.node_cmd}d to {spec['Role']} in the swarm.")
         return 0
     nodes = c.get("/nodes")
     if args.format == "json":
@@ -425,6 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     nsub = node.add_subparsers(dest="node_cmd", required=True)
     nsub.add_parser("ls").add_argument("--format", choices=["table", "json"], default="table")
     nsub.add_parser("inspect").add_argument("nodes", nargs="+")
+    rm = nsub.add_parser("rm", help="remove nodes; their certificates are revoked at once")
+    rm.add_argument("nodes", nargs="+")
+    rm.add_argument("-f", "--force", action="store_true", help="also a node that is up")
+    nsub.add_parser("promote", help="make workers managers (a new certificate follows)"
+                    ).add_argument("nodes", nargs="+")
+    nsub.add_parser("demote", help="make managers workers (a new certificate follows)"
+                    ).add_argument("nodes", nargs="+")
+    nu = nsub.add_parser("update")
+    nu.add_argument("--availability", choices=["active", "pause", "drain"])
+    nu.add_argument("nodes", nargs="+")
     node.set_defaults(func=cmd_node)
 
     net = sub.add_parser("network", help="overlay networks")
@@ -488,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--tail", default="all")
     svc.set_defaults(func=cmd_service)
 
+    cluster.add_parsers(sub)
+
     ex = sub.add_parser("exec", help="run a command inside a task's network namespace")
     ex.add_argument("task", help="task id, or service.slot")
     ex.add_argument("command", nargs=argparse.REMAINDER)
@@ -502,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         logging.getLogger("aiohttp").setLevel(logging.WARNING)
     try:
+        if hasattr(args, "api"):
+            return args.api(args, _client(args))
         return args.func(args)
     except ShoalError as exc:
         print(f"shoal: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Bring a lab up, find it, take it down.
 
-Up, in order: topology (idempotent), ext's DNS server, manager, agents, then wait until the
-manager's Docker API lists every node as ready. Down, in reverse: agents and ext's DNS server
+Up, in order: topology (idempotent), ext's DNS server, `shoal init` (the cluster CA), manager,
+`shoal join` of each node not joined yet, agents, then wait until the manager's Docker API
+lists every node as ready. Down, in reverse: agents and ext's DNS server
 (together), manager, any process still in a lab namespace, the namespaces, then the lab's
 files. Down trusts only what the lab owns: its
 pid files (checked against each process's command line) and its "shoal-<lab>-" prefix.
@@ -99,10 +100,13 @@ def lab_up(
     python: str = sys.executable,
     wait: float = 30.0,
     start_processes: bool = True,
+    cert_expiry: str | None = None,
 ) -> Lab:
-    """Build lab `name` with `nodes` nodes, start its manager and agents and wait until every
-    node is ready. Idempotent: what exists is kept, what is missing (a namespace, a process
-    that died) is made again. With start_processes=False only the topology is built."""
+    """Build lab `name` with `nodes` nodes: `shoal init` on node1, its manager, `shoal join`
+    from every other node, the agents; then wait until every node is ready. Idempotent: what
+    exists is kept, what is missing (a namespace, a process that died) is made again. With
+    start_processes=False only the topology is built. `cert_expiry` ("30s") sets the node
+    certificate lifetime at init; below one hour it needs SHOAL_TEST_SHORT_CERTS=1."""
     check_name(name)
     check_nodes(nodes)
     preflight.check(preflight.DEFAULT_TOOLS if start_processes else ("ip", "sysctl"))
@@ -117,11 +121,31 @@ def lab_up(
     topology.build(lab)
     if start_processes:
         processes.start_dnsmasq(lab)
+        processes.init_cluster(lab, cert_expiry)
         processes.start_manager(lab)
+        missing = [n for n in lab.nodes if not processes.joined(lab, n)]
+        if missing:
+            token = _worker_token(lab, wait)
+            for node in missing:
+                processes.join_node(lab, node, token)
         for node in lab.nodes:
             processes.start_agent(lab, node)
         wait_ready(lab, wait)
     return lab
+
+
+def _worker_token(lab: Lab, wait: float) -> str:
+    """The worker join token, from the manager's local socket once it answers."""
+    deadline = time.monotonic() + wait
+    while True:
+        if processes.pid_of(lab, "manager") is None:
+            raise ShoalError(_failure(lab, "the manager exited"))
+        try:
+            return Client(lab.docker_host, timeout=2.0).get("/swarm")["JoinTokens"]["Worker"]
+        except ShoalError as exc:
+            if time.monotonic() >= deadline:
+                raise ShoalError(_failure(lab, f"the manager did not answer: {exc}")) from exc
+        time.sleep(0.05)
 
 
 def _kill_netns_processes(name_prefix: str, timeout: float = 5.0) -> None:

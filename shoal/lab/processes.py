@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import shoal
-from shoal.errors import Unavailable
+from shoal.errors import ShoalError, Unavailable
 from shoal.lab.layout import NETNS_RUN_DIR, Lab, LabNode
 
 STOP_TIMEOUT = 10.0
@@ -225,6 +225,49 @@ def start_dnsmasq(lab: Lab) -> int:
 
 def stop_dnsmasq(lab: Lab, timeout: float = STOP_TIMEOUT) -> None:
     stop(lab, [DNSMASQ], timeout)
+
+
+def _run_once(lab: Lab, netns: str, argv: list[str], what: str,
+              env: dict[str, str] | None = None) -> str:
+    """Run a one-shot shoal command in a lab namespace; its output, or ShoalError with it."""
+    src = str(Path(shoal.__file__).resolve().parent.parent)
+    full_env = dict(os.environ, **(env or {}))
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (src, full_env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([*enter(netns), lab.python, "-m", "shoal", *argv], env=full_env,
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    if proc.returncode != 0:
+        raise ShoalError(f"lab {lab.name}: {what} failed: "
+                         f"{(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+def init_cluster(lab: Lab, cert_expiry: str | None = None) -> None:
+    """`shoal init` in node1's namespace (idempotent): the CA, the tokens, the manager's
+    identity, which the agent of node1 shares."""
+    argv = ["init", "--state-dir", str(lab.manager_state_dir),
+            "--advertise-addr", lab.manager_addr, "--hostname", lab.manager_node.name,
+            "--agent-state-dir", str(lab.node_state_dir(lab.manager_node))]
+    if cert_expiry:
+        argv += ["--cert-expiry", cert_expiry]
+    _run_once(lab, lab.manager_node.netns, argv, "shoal init")
+
+
+def joined(lab: Lab, node: LabNode | str | int) -> bool:
+    return (lab.node_state_dir(node) / "tls" / "node.pem").exists()
+
+
+def join_node(lab: Lab, node: LabNode | str | int, token: str) -> None:
+    """`shoal join` from the node's namespace, the token in a 0600 file (never in argv)."""
+    n = lab.node(node)
+    token_file = lab.run_dir / f"{n.name}.token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    try:
+        _run_once(lab, n.netns, ["join", lab.manager_addr, "--token-file", str(token_file),
+                                 "--state-dir", str(lab.node_state_dir(n))], f"{n.name} join")
+    finally:
+        token_file.unlink(missing_ok=True)
 
 
 def start_manager(lab: Lab) -> int:

@@ -13,10 +13,12 @@ import logging
 import time
 
 from shoal.manager.allocator import Allocator
+from shoal.manager.audit import AuditLog
 from shoal.manager.control import Control
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.orchestrator import Orchestrator
 from shoal.manager.scheduler import Scheduler
+from shoal.manager.security import ClusterSecurity
 from shoal.model.objects import new_cluster
 from shoal.store.base import BaseStore
 
@@ -28,8 +30,11 @@ PUSH_MIN_INTERVAL = 0.01
 
 
 class Manager:
-    def __init__(self, store: BaseStore, advertise: str) -> None:
+    def __init__(self, store: BaseStore, advertise: str,
+                 security: ClusterSecurity | None = None, audit: AuditLog | None = None) -> None:
         self.store = store
+        self.security = security  # the cluster CA; None only in tests of the controllers
+        self.audit = audit
         if not store.list("cluster"):
             with store.tx() as tx:
                 tx.create("cluster", new_cluster())
@@ -40,6 +45,13 @@ class Manager:
         self.scheduler = Scheduler(store)
         self.dispatcher = Dispatcher(store, advertise)
         self.dispatcher.wake = self.wake
+        if security is not None:
+            self.dispatcher.secured = True
+            self.dispatcher.leader_id = security.credentials().identity.name
+            security.on_revoke = self.dispatcher.drop
+            security.on_role_change = self.dispatcher.ask_renew
+            security.on_renew = self.dispatcher.renewed
+            security.manager_status = self.dispatcher.manager_status
         self._watch = store.watch()
         self._wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None

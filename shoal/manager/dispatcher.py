@@ -12,10 +12,13 @@ import asyncio
 import copy
 import itertools
 import logging
+import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from shoal import ca
+from shoal.errors import InvalidArgument
 from shoal.manager.allocator import ingress_network, network_vni, publishes
 from shoal.model import view as nv
 from shoal.model.objects import TERMINAL, Obj, new_id, new_node, now, state_index, task_command
@@ -37,6 +40,7 @@ class Session:
         self.ws = ws
         self.sent: nv.NodeView | None = None
         self.replies: dict[str, asyncio.Future[Any]] = {}
+        self.expiry: asyncio.TimerHandle | None = None
 
 
 DEFAULT_STOP_GRACE_NS = 10_000_000_000  # Docker's
@@ -215,6 +219,8 @@ class Dispatcher:
         self.sessions: dict[str, Session] = {}
         self._down_timers: dict[str, asyncio.TimerHandle] = {}
         self._ids = itertools.count()
+        self.secured = False  # set by the manager when it has a CA: sessions need node certs
+        self.leader_id = ""  # the node this manager runs on (its certificate's), when known
 
     def startup(self) -> None:
         """After a manager restart no node is known to be up until its agent reconnects;
@@ -259,14 +265,24 @@ class Dispatcher:
     # --- the session ---
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ident = request.get(ca.IDENTITY)
+        if self.secured:
+            # The node is who its certificate says, never what its message claims.
+            ident = ca.authorize(request, ca.MANAGER, ca.WORKER)
+            if ident is None:
+                raise InvalidArgument("the session is for agents, over the cluster port")
+            if self.store.get("node", ident.node_id) is None:
+                raise ca.CertificateRevoked(f"{ident}: node removed from the cluster")
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=64 << 20)
         await ws.prepare(request)
         first = await ws.receive_json(timeout=10)
         if first.get("type") != "register":
             await ws.close(message=b"expected register")
             return ws
-        node_id = self._register(first)
+        node_id = self._register(first, ident.node_id if ident is not None else None)
         session = Session(node_id, ws)
+        if ident is not None:
+            self.renewed(node_id, ident.not_after.timestamp(), session)
         old = self.sessions.get(node_id)
         if old is not None:
             await old.ws.close(message=b"replaced by a new session")
@@ -289,6 +305,8 @@ class Dispatcher:
                     if fut is not None and not fut.done():
                         fut.set_result(data.get("body"))
         finally:
+            if session.expiry is not None:
+                session.expiry.cancel()
             for fut in session.replies.values():
                 if not fut.done():
                     fut.set_exception(ConnectionError(f"node {node_id} disconnected"))
@@ -301,8 +319,10 @@ class Dispatcher:
 
     wake: Any = staticmethod(lambda: None)  # set by the manager: run the controllers again
 
-    def _register(self, msg: dict[str, Any]) -> str:
-        node_id = msg.get("node_id") or new_id()
+    def _register(self, msg: dict[str, Any], node_id: str | None = None) -> str:
+        """Mark the node ready. `node_id` is the certificate's; without a CA (unit tests)
+        the message names the node."""
+        node_id = node_id or msg.get("node_id") or new_id()
         addr = str(msg.get("addr", ""))
         role = "manager" if addr and self.manager_addr.split(":")[0] == addr else "worker"
         with self.store.tx() as tx:
@@ -314,11 +334,23 @@ class Dispatcher:
             node["Description"]["Hostname"] = str(msg.get("hostname", ""))
             node["Description"]["Resources"] = msg.get("resources") or {}
             node["Status"] = {"State": "ready", "Addr": addr}
-            if node["Spec"]["Role"] == "manager":
-                node["ManagerStatus"] = {"Leader": True, "Reachability": "reachable",
-                                         "Addr": self.manager_addr}
+            node["ManagerStatus"] = self.manager_status(node)
+            if not node["ManagerStatus"]:
+                del node["ManagerStatus"]
             tx.update("node", node)
         return node_id
+
+    def manager_status(self, node: Obj) -> Obj:
+        """Docker's ManagerStatus. One manager process serves the cluster (the SQLite store);
+        another node with the manager role has its certificate and rights but runs no
+        manager, and says so: unreachable."""
+        if node["Spec"]["Role"] != "manager":
+            return {}
+        leader = node["ID"] == self.leader_id if self.leader_id else \
+            node["Status"].get("Addr") == self.manager_addr.rpartition(":")[0]
+        port = self.manager_addr.rpartition(":")[2]
+        return {"Leader": leader, "Reachability": "reachable" if leader else "unreachable",
+                "Addr": self.manager_addr if leader else f"{node['Status'].get('Addr')}:{port}"}
 
     def _mark_down(self, node_id: str) -> None:
         self._down_timers.pop(node_id, None)
@@ -357,6 +389,34 @@ class Dispatcher:
                     container["Health"] = report["health"]
                 task["Status"]["ContainerStatus"] = container
                 tx.update("task", task)
+
+    # --- certificates ---
+
+    def drop(self, node_id: str) -> None:
+        """Close the node's session at once: it was removed and its certificates revoked, so
+        it cannot open another."""
+        session = self.sessions.get(node_id)
+        if session is not None:
+            asyncio.ensure_future(session.ws.close(message=b"certificate revoked"))
+
+    def renewed(self, node_id: str, not_after: float, session: Session | None = None) -> None:
+        """The session lives as long as the node's newest certificate: a renewal extends it
+        (the node renews at 50-80 % of the life), an expired one ends it."""
+        session = session or self.sessions.get(node_id)
+        if session is None:
+            return
+        if session.expiry is not None:
+            session.expiry.cancel()
+        ws = session.ws
+        session.expiry = asyncio.get_running_loop().call_later(
+            max(0.0, not_after - time.time()),
+            lambda: asyncio.ensure_future(ws.close(message=b"certificate expired")))
+
+    def ask_renew(self, node_id: str) -> None:
+        """The node's role changed: it renews now and gets a certificate with the new OU."""
+        session = self.sessions.get(node_id)
+        if session is not None:
+            asyncio.ensure_future(session.ws.send_json({"type": "renew"}))
 
     # --- requests to agents (logs) ---
 

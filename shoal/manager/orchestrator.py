@@ -123,7 +123,7 @@ class Orchestrator:
         update = svc["Spec"].get("UpdateConfig") or {}
         start_first = update.get("Order") == "start-first"
         budget = self._update_budget(update, template, keys, groups)
-        down = {n["ID"] for n in self.store.peek("node") if n["Status"]["State"] == "down"}
+        nodes = {n["ID"]: n["Status"]["State"] for n in self.store.peek("node")}
         for key in keys:
             group = sorted(groups.get(key, []), key=lambda t: t["CreatedAt"])
             current, outdated = [], []
@@ -134,8 +134,9 @@ class Orchestrator:
                     self._set_desired(tx, task, "shutdown")
                     if self._should_restart(restart, task, group):
                         self.restart_at.setdefault(task["ID"], time.monotonic() + delay)
-                elif task.get("NodeID") in down:
-                    # Its node is down: run it elsewhere now (global tasks wait for their node).
+                elif task.get("NodeID") and nodes.get(task["NodeID"], "down") == "down":
+                    # Its node is down or removed: run it elsewhere now (global tasks wait
+                    # for their node).
                     if want is not None:
                         self._set_desired(tx, task, "shutdown")
                     else:

@@ -297,7 +297,7 @@ import asyncio, json, os, subprocess, sys
 args = sys.argv[1:]
 assert args[:2] == ["-m", "shoal"], args
 role, opts = args[2], dict(zip(args[3::2], args[4::2]))
-if os.environ.get("FAKE_SHOAL_FAIL"):
+if os.environ.get("FAKE_SHOAL_FAIL") and role in ("manager", "agent"):
     print("boom: cannot start", role, flush=True)
     sys.exit(3)
 
@@ -314,9 +314,11 @@ async def agent_session(reader, writer):
 
 
 async def docker_api(reader, writer):
-    await reader.readuntil(b"\\r\\n\\r\\n")
+    request = await reader.readuntil(b"\\r\\n\\r\\n")
     nodes = [{"ID": h, "Description": {"Hostname": h}, "Status": {"State": "ready"}}
              for h, n in sorted(ready.items()) if n > 0]
+    if b"/swarm " in request:  # the lab asks for the worker token to join the nodes
+        nodes = {"JoinTokens": {"Worker": "fake-token"}}
     body = json.dumps(nodes).encode()
     writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\n"
                  b"Content-Length: %d\\r\\nConnection: close\\r\\n\\r\\n" % len(body) + body)
@@ -356,6 +358,13 @@ async def agent():
         await asyncio.sleep(0.1)
 
 
+if role == "init":
+    sys.exit(0)
+if role == "join":  # the lab's sign that a node has joined
+    tls = os.path.join(args[args.index("--state-dir") + 1], "tls")
+    os.makedirs(tls, exist_ok=True)
+    open(os.path.join(tls, "node.pem"), "w").close()
+    sys.exit(0)
 asyncio.run(manager() if role == "manager" else agent())
 """
 

@@ -16,6 +16,9 @@ FORBIDDEN = {
     "dataplane": {"store", "manager", "api", "agent", "lab", "cli"},
     "dns": {"store", "manager", "api", "agent", "lab", "cli"},
     "mesh": {"store", "manager", "api", "agent", "dataplane", "dns", "lab", "cli"},
+    # The CA library: shoal.errors, cryptography and aiohttp only.
+    "ca": {"model", "store", "manager", "api", "agent", "dataplane", "dns", "mesh", "lab",
+           "cli"},
 }
 
 
