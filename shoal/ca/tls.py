@@ -262,7 +262,8 @@ class _HandshakeFirst(asyncio.Protocol):
 class TLSSite(web.TCPSite):
     """web.TCPSite(runner, host, port, ssl_context=server_context(...)) that logs every
     refused handshake ("refused a TLS connection from 198.18.0.12:40112: its certificate has
-    expired"). Same arguments as TCPSite; ssl_context is required."""
+    expired"). Same arguments as TCPSite; ssl_context is required. asyncio's loop only (the
+    manager runs on it): on uvloop it refuses to start rather than lose handshakes."""
 
     def __init__(self, runner: web.BaseRunner, host: str | None = None, port: int | None = None,
                  *, ssl_context: ssl.SSLContext, handshake_timeout: float = HANDSHAKE_TIMEOUT,
@@ -272,8 +273,14 @@ class TLSSite(web.TCPSite):
         self._handshakes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with the runner
         loop = asyncio.get_running_loop()
+        if not isinstance(loop, asyncio.BaseEventLoop):
+            # uvloop starts reading a new connection right after connection_made, so a
+            # ClientHello that came with the connection reaches this protocol and is lost
+            # before start_tls takes over: that handshake then times out.
+            raise CAError(f"TLSSite needs asyncio's own event loop, not {type(loop).__module__}"
+                          f".{type(loop).__name__}: use web.TCPSite(ssl_context=...) there")
+        await web.BaseSite.start(self)  # registers the site with the runner
         server, ctx = self._runner.server, self._ssl_context
         assert server is not None and ctx is not None
         self._server = await loop.create_server(

@@ -87,9 +87,9 @@ def make_app(auth: ca.Authority, *, ca_pem: bytes | None = None) -> web.Applicat
 async def serving(app, ctx, site_cls=TLSSite):
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = site_cls(runner, HOST, 0, ssl_context=ctx)
-    await site.start()
     try:
+        site = site_cls(runner, HOST, 0, ssl_context=ctx)
+        await site.start()
         yield f"{HOST}:{site.port}"
     finally:
         await runner.cleanup()
@@ -454,24 +454,20 @@ async def test_renewal_needs_a_certificate(join_server, auth):
     assert err.value.status == 401
 
 
-# --- uvloop, which a manager may run on ---
+# --- uvloop: TLSSite refuses it rather than lose handshakes ---
 
 
-def test_mutual_tls_under_uvloop(auth, manager, caplog):
+def test_tls_site_refuses_uvloop(auth, manager):
+    """On uvloop a ClientHello that arrives with the connection would reach TLSSite's
+    handshake-first protocol before start_tls, and be lost (found by bench/api_tls.py:
+    about one new connection in five timed out)."""
     uvloop = pytest.importorskip("uvloop")
-    node = auth.issue_node_credentials("n9", "manager")
-    other = ca.Authority.create("cluster1").issue_node_credentials("x", "worker")
-    caplog.set_level(logging.WARNING, logger="shoal.ca")
 
     async def main():
         ctx = ca.server_context(auth.root.cert, manager.cert, manager.key)
-        async with serving(make_app(auth), ctx) as addr:
-            ok = await get(addr, ctx_of(node))
-            with pytest.raises(aiohttp.ClientError):
-                await get(addr, ca.client_context(auth.root.cert, other.cert, other.key))
-            assert await refused_in_log(caplog, "another CA")
-            return ok
+        async with serving(make_app(auth), ctx):
+            pass
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        status, body = runner.run(main())
-    assert status == 200 and body["name"] == "n9"
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner, \
+            pytest.raises(ca.CAError, match="asyncio's own event loop"):
+        runner.run(main())
