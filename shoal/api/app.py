@@ -333,8 +333,9 @@ async def service_create(request: web.Request) -> web.Response:
 
 async def service_update(request: web.Request) -> web.Response:
     m = mgr(request)
+    rollback = request.query.get("rollback") == "previous"
     m.control.update_service(request.match_info["id"], request.query.get("version"),
-                             await body_json(request))
+                             None if rollback else await body_json(request), rollback)
     return ok({"Warnings": None})
 
 

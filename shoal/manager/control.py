@@ -176,14 +176,19 @@ class Control:
             raise
         return svc
 
-    def update_service(self, ref: str, version: Any, body: Any) -> Obj:
+    def update_service(self, ref: str, version: Any, body: Any, rollback: bool = False) -> Obj:
+        """POST /services/{id}/update; `rollback` (Docker's rollback=previous) ignores the
+        body and goes back to PreviousSpec."""
         svc = self.find("service", ref)
         try:
             version = int(version)
         except (TypeError, ValueError) as exc:
             raise InvalidArgument("the version query parameter is required: the service's "
                                   "Version.Index as you last read it") from exc
-        spec = specs.service_spec(body)
+        if rollback and not svc.get("PreviousSpec"):
+            raise InvalidArgument(f"service {svc['Spec']['Name']} has no previous spec to "
+                                  "roll back to")
+        spec = specs.service_spec(svc["PreviousSpec"] if rollback else body)
         if spec["Name"] != svc["Spec"]["Name"]:
             raise InvalidArgument("renaming a service is not supported")
         if ("Global" in spec["Mode"]) != ("Global" in svc["Spec"]["Mode"]):
@@ -194,6 +199,11 @@ class Control:
         new["PreviousSpec"] = svc["Spec"]
         new["Spec"] = spec
         new["Endpoint"] = endpoint
+        if spec["TaskTemplate"] != svc["Spec"]["TaskTemplate"]:
+            # The orchestrator paces the update and moves this on (manager/updates.py).
+            new["UpdateStatus"] = {
+                "State": "rollback_started" if rollback else "updating", "StartedAt": now(),
+                "Message": "manually requested rollback" if rollback else "update in progress"}
         try:
             with self.store.tx() as tx:
                 tx.update("service", new, version=version)

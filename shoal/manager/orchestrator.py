@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+from shoal.manager import updates
 from shoal.model.objects import TERMINAL, Obj, new_id, now
 from shoal.model.spec import DEFAULT_RESTART_DELAY_NS, replicas
 from shoal.store.base import BaseStore, Event, Transaction
@@ -120,9 +121,22 @@ class Orchestrator:
                         tx.delete("task", task["ID"])
         restart = template.get("RestartPolicy", {})
         delay = restart.get("Delay", DEFAULT_RESTART_DELAY_NS) / 1e9
-        update = svc["Spec"].get("UpdateConfig") or {}
-        start_first = update.get("Order") == "start-first"
-        budget = self._update_budget(update, template, keys, groups)
+        start_first = updates.config(svc).get("Order") == "start-first"
+        pace = updates.progress(svc, groups, keys, time.time())
+        if pace.status is not None:
+            svc = copy.deepcopy(svc)
+            svc["UpdateStatus"] = pace.status
+            if pace.roll_back:  # FailureAction rollback: the previous tasks come back
+                failed = copy.deepcopy(svc["Spec"])
+                svc["Spec"]["TaskTemplate"] = copy.deepcopy(svc["PreviousSpec"]["TaskTemplate"])
+                svc["PreviousSpec"] = failed  # as Docker: a rollback swaps the two
+            tx.update("service", svc)
+            if pace.roll_back:
+                return  # the next pass reconciles against the restored template
+        if pace.wait:
+            self.wake_at(time.monotonic() + pace.wait)
+            self.dirty.add(svc["ID"])
+        budget = pace.budget
         nodes = {n["ID"]: n["Status"]["State"] for n in self.store.peek("node")}
         for key in keys:
             group = sorted(groups.get(key, []), key=lambda t: t["CreatedAt"])
@@ -166,23 +180,6 @@ class Orchestrator:
             if not current:
                 self._refill(tx, svc, key, want, group, restart, delay)
             self._trim_history(tx, group)
-
-    @staticmethod
-    def _update_budget(update: Obj, template: Obj, keys: list[object],
-                       groups: dict[object, list[Obj]]) -> float:
-        """How many more slots may start updating now: UpdateConfig.Parallelism (default 1,
-        0 for all at once) less the slots whose new task is not running yet."""
-        parallelism = update.get("Parallelism", 1)
-        if not parallelism:
-            return float("inf")
-        in_flight = 0
-        for key in keys:
-            group = groups.get(key, [])
-            if any(t["Spec"] != template for t in group) and any(
-                    is_live(t) and t["Spec"] == template
-                    and t["Status"]["State"] not in ("running", *TERMINAL) for t in group):
-                in_flight += 1
-        return parallelism - in_flight
 
     def _refill(self, tx: Transaction, svc: Obj, key: object, want: int | None,
                 group: list[Obj], restart: Obj, delay: float) -> None:

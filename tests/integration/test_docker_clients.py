@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -136,3 +137,36 @@ def test_docker_service_logs_follows(lab, docker_env):
     finally:
         docker(docker_env, "service", "rm", "tick", check=False)
         wait_for("tasks gone", lambda: not client.get("/tasks"))
+
+
+def test_docker_update_config_delay_failure_rollback(lab, docker_env):
+    """`docker service update` paced by --update-delay, a failing update rolled back by
+    --update-failure-action rollback, and `docker service rollback`."""
+    client = Client(lab.docker_host)
+    docker(docker_env, "service", "create", "-d", "--name", "upd", "--replicas", "2",
+           "local", "sleep", "1000")
+    try:
+        wait_for("upd running", lambda: running(client, "upd", 2))
+        start = time.monotonic()
+        docker(docker_env, "service", "update", "--update-delay", "2s", "--update-monitor",
+               "1s", "--args", "sleep 1001", "upd")
+        assert time.monotonic() - start >= 2  # the second slot waited out the delay
+        wait_for("the update completed", lambda: client.find("service", "upd")[
+            "UpdateStatus"]["State"] == "completed", timeout=10)
+
+        docker(docker_env, "service", "update", "--update-failure-action", "rollback",
+               "--update-monitor", "2s", "--args", "false", "upd", check=False)
+        wait_for("the rollback", lambda: client.find("service", "upd")["UpdateStatus"][
+            "State"] == "rollback_completed", timeout=30)
+        svc = client.find("service", "upd")
+        assert svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"] == ["sleep", "1001"]
+        tasks = wait_for("upd running again", lambda: running(client, "upd", 2))
+        assert all(t["Spec"]["ContainerSpec"]["Args"] == ["sleep", "1001"] for t in tasks)
+
+        # A manual rollback swaps back to the previous spec (the failed one, as Docker does).
+        docker(docker_env, "service", "rollback", "-d", "upd")
+        svc = client.find("service", "upd")
+        assert svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"] == ["false"]
+        assert svc["UpdateStatus"]["State"] == "rollback_started"
+    finally:
+        docker(docker_env, "service", "rm", "upd", check=False)

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 
+from shoal.errors import InvalidArgument
 from shoal.manager import Manager
 from shoal.store import SQLiteStore
 
@@ -183,3 +184,119 @@ def test_global_service_runs_one_task_per_ready_node(manager):
     manager.settle()
     assert sorted(t["NodeID"] for t in live(manager, svc["ID"])) == [
         "node1id", "node2id", "node3id"]
+
+
+# --- UpdateConfig: Delay, Monitor, FailureAction, UpdateStatus (manager/updates.py) ---
+
+
+class FakeClock:
+    """Stands in for the orchestrator's `time` module: wall time moves only when told."""
+
+    def __init__(self):
+        import time as real
+        self.real, self.offset = real, 0.0
+
+    def time(self):
+        return self.real.time() + self.offset
+
+    def monotonic(self):
+        return self.real.monotonic() + self.offset
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import shoal.manager.orchestrator as orchestrator
+    fake = FakeClock()
+    monkeypatch.setattr(orchestrator, "time", fake)
+    return fake
+
+
+def start_update(manager, replicas, update_config, args=("sleep", "61")):
+    manager.control.create_network({"Name": "appnet"})
+    s = spec(replicas=replicas)
+    s["UpdateConfig"] = update_config
+    svc = manager.control.create_service(s)
+    manager.settle()
+    run_all(manager, svc["ID"])
+    s = copy.deepcopy(s)
+    s["TaskTemplate"]["ContainerSpec"]["Args"] = list(args)
+    manager.control.update_service("web", manager.store.get("service", svc["ID"])[
+        "Version"]["Index"], s)
+    manager.settle()
+    return svc["ID"]
+
+
+def stop_old(manager):
+    for old in manager.store.list("task"):
+        if old["DesiredState"] == "shutdown" and old["Status"]["State"] == "running":
+            report(manager, old, "shutdown")
+
+
+def updated(manager, service_id, args=("sleep", "61")):
+    return [t for t in live(manager, service_id)
+            if t["Spec"]["ContainerSpec"]["Args"] == list(args)]
+
+
+def test_update_waits_delay_between_batches_then_completes_after_monitor(manager, clock):
+    sid = start_update(manager, 2, {"Parallelism": 1, "Delay": 10_000_000_000,
+                                    "Monitor": 2_000_000_000})
+    assert manager.store.get("service", sid)["UpdateStatus"]["State"] == "updating"
+    stop_old(manager)
+    run_all(manager, sid)
+    assert len(updated(manager, sid)) == 1
+    clock.offset += 5
+    manager.settle()
+    assert len(updated(manager, sid)) == 1  # 5 s into a 10 s delay: the next batch waits
+    clock.offset += 6
+    manager.settle()
+    assert len(updated(manager, sid)) == 2
+    clock.offset = 0  # back to the clock the task reports are stamped with
+    stop_old(manager)
+    run_all(manager, sid)
+    assert manager.store.get("service", sid)["UpdateStatus"]["State"] == "updating"
+    clock.offset = 3  # past Monitor with every new task running
+    manager.settle()
+    status = manager.store.get("service", sid)["UpdateStatus"]
+    assert status["State"] == "completed" and status["CompletedAt"]
+
+
+def test_a_failing_update_pauses_by_default(manager, clock):
+    sid = start_update(manager, 3, {"Parallelism": 1})
+    stop_old(manager)
+    [new] = [t for t in updated(manager, sid) if t["Status"]["State"] == "assigned"]
+    report(manager, new, "failed", exit_code=1, err="boom")
+    clock.offset += 30
+    manager.settle()
+    status = manager.store.get("service", sid)["UpdateStatus"]
+    assert status["State"] == "paused" and new["ID"] in status["Message"]
+    assert sum(1 for t in live(manager, sid)
+               if t["Spec"]["ContainerSpec"]["Args"] == ["sleep", "60"]) == 2  # the rest wait
+
+
+def test_failure_action_rollback_restores_the_previous_tasks(manager, clock):
+    sid = start_update(manager, 2, {"Parallelism": 1, "FailureAction": "rollback"})
+    stop_old(manager)
+    [new] = [t for t in updated(manager, sid) if t["Status"]["State"] == "assigned"]
+    report(manager, new, "failed", exit_code=1)
+    svc = manager.store.get("service", sid)
+    assert svc["UpdateStatus"]["State"] == "rollback_started"
+    assert svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"] == ["sleep", "60"]
+    for _ in range(3):
+        stop_old(manager)
+        run_all(manager, sid)
+    clock.offset += 10
+    manager.settle()
+    assert manager.store.get("service", sid)["UpdateStatus"]["State"] == "rollback_completed"
+    assert all(t["Spec"]["ContainerSpec"]["Args"] == ["sleep", "60"] for t in live(manager, sid))
+
+
+def test_rollback_previous_goes_back_to_the_previous_spec(manager):
+    sid = start_update(manager, 1, {})
+    version = manager.store.get("service", sid)["Version"]["Index"]
+    manager.control.update_service("web", version, None, rollback=True)
+    svc = manager.store.get("service", sid)
+    assert svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"] == ["sleep", "60"]
+    assert svc["UpdateStatus"]["State"] == "rollback_started"
+    fresh = manager.control.create_service({**spec(name="solo", replicas=1)})
+    with pytest.raises(InvalidArgument, match="no previous spec"):
+        manager.control.update_service("solo", fresh["Version"]["Index"], None, rollback=True)
