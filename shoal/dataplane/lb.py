@@ -103,6 +103,8 @@ class LoadBalancer:
         self._pending: list[dict[str, Any]] = []
         self._rebuild = True
         self._pending_lock = threading.Lock()
+        # What the index moved since the last sync, for every task; None: compare in full.
+        self._changes: Changes | None = None
 
     def observe(self, delta: dict[str, Any]) -> None:
         with self._pending_lock:
@@ -118,7 +120,8 @@ class LoadBalancer:
         """Program every task in netns_of (task id -> namespace); returns how many changed."""
         changed = 0
         with self._lock:
-            changes = self._catch_up(view)
+            self._catch_up(view)
+            changes, self._changes = self._changes, {}
             for task_id in list(self._tasks):
                 if task_id not in netns_of:
                     self._forget(task_id)
@@ -128,13 +131,15 @@ class LoadBalancer:
 
     def program(self, view: NodeView, task_id: str, netns: str) -> bool:
         """One task's table, before its process starts: its first connection to a VIP must
-        already be balanced."""
+        already be balanced. The changes it folds into the index stay for the next sync to
+        bring to the other tasks."""
         with self._lock:
-            return self._program(view, task_id, netns, self._catch_up(view))
+            self._catch_up(view)
+            return self._program(view, task_id, netns, self._changes)
 
-    def _catch_up(self, view: NodeView) -> Changes | None:
-        """Bring the index to view's revision; the VIPs that changed, or None if it had to be
-        rebuilt (then every table is compared in full)."""
+    def _catch_up(self, view: NodeView) -> None:
+        """Bring the index to view's revision, adding the VIPs that moved to self._changes;
+        None there if the index had to be rebuilt (every table is then compared in full)."""
         revision = view["revision"]
         with self._pending_lock:
             # Deltas newer than view arrived after it was taken: they wait for the next sync.
@@ -142,14 +147,15 @@ class LoadBalancer:
             self._pending = [d for d in self._pending if d.get("revision", revision) > revision]
             rebuild, self._rebuild = self._rebuild, False
         if not rebuild and self._index.revision is not None:
-            changes: Changes = {}
             for delta in ready:
-                for net, vips in self._index.apply(delta).items():
-                    changes.setdefault(net, {}).update(vips)
+                moved = self._index.apply(delta)
+                if self._changes is not None:
+                    for net, vips in moved.items():
+                        self._changes.setdefault(net, {}).update(vips)
             if self._index.revision == revision:
-                return changes
+                return
         self._index.rebuild(view)
-        return None
+        self._changes = None
 
     def _program(self, view: NodeView, task_id: str, netns: str,
                  changes: Changes | None) -> bool:

@@ -219,3 +219,19 @@ def test_a_refused_transaction_starts_that_namespace_over():
     lb.sync(new, {"ta": "ns-a"})
     assert lb._tasks["ta"].nft.scripts[0].startswith("table ip shoal {}")
     assert programmed(lb, "ta") == lbmod.render(new, "ta")
+
+
+def test_a_task_started_between_syncs_does_not_swallow_the_others_changes():
+    v = base_view(3)
+    lb = lbmod.LoadBalancer()
+    lb.sync(v, {"ta": "ns-a"})
+    new = copy.deepcopy(v)
+    new["revision"] = 2
+    del new["endpoints"]["s0t0"]
+    new["tasks"]["tb"] = task("tb", ["A"])
+    lb.observe(nv.diff(v, new))
+    lb.program(new, "tb", "ns-b")  # the agent starts tb before its next sync
+    assert programmed(lb, "tb") == lbmod.render(new, "tb")
+    lb.sync(new, {"ta": "ns-a", "tb": "ns-b"})
+    assert programmed(lb, "ta") == lbmod.render(new, "ta")
+    assert programmed(lb, "ta")["10.0.0.2"] == ("10.0.0.11",)
