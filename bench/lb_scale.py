@@ -13,13 +13,15 @@ by a veth, answers every backend address at once (`ip route add local 10.128.0.0
 listening socket on port 80 that accepts and counts the local address it was reached on).
 
 Per size, printed:
-- initial program: LoadBalancer.sync from nothing (Python render + script, then nft);
+- initial program: LoadBalancer.sync from nothing (Python index + script, then nft);
 - first-packet latency: connect() from the task namespace to a random VIP, against connect() to
   a random backend address straight (same namespace, same conntrack, no DNAT), alternated one
   by one; p50/p99 of each and the ratio. Each socket is closed with a reset (no TIME_WAIT);
 - one change: one random service's backends change (one removed, one added), LoadBalancer.sync
-  of the new view, split into nft (the transaction) and Python (render + script over the view);
-  p50/p99 over --changes changes.
+  of the new view after LoadBalancer.observe of the delta (as the agent does), split into nft
+  (the transaction) and Python (index update + script of what the delta touched);
+  p50/p99 over --changes changes. The agent's own view update before it (nv.apply_delta,
+  which copies the changed section of the view) is timed apart and printed last.
 Afterwards the backend's counts must show no connection reached a VIP address un-NATed, and
 the last changed service's new backend must have been reached.
 """
@@ -229,26 +231,30 @@ def one_size(n: int, args: argparse.Namespace, rng: random.Random) -> dict[str, 
             listing = rules.run(f"list table {lbmod.TABLE}")
         finally:
             rules.close()
-        chains = listing.count("\tchain vip_")
-        log(f"{n} services: programmed in {initial:.3f} s ({chains} VIP chains)")
+        chains = listing.count("\tchain ")
+        log(f"{n} services: programmed in {initial:.3f} s ({chains} chains in the table)")
 
         # Changes: one service loses a backend and gains a new one.
         total: list[float] = []
         nft_t: list[float] = []
+        view_t: list[float] = []
         current = view
         last: tuple[str, str, str] = ("", "", "")
         for i in range(args.changes):
             sid = f"svc{rng.randrange(n):05d}"
-            new = dict(current)
-            new["endpoints"] = dict(current["endpoints"])
-            mine = sorted(k for k, e in new["endpoints"].items() if e["service_id"] == sid)
+            mine = sorted(k for k, e in current["endpoints"].items() if e["service_id"] == sid)
             gone = rng.choice(mine)
-            removed = new["endpoints"].pop(gone)["addrs"][NET]["ip"]
+            removed = current["endpoints"][gone]["addrs"][NET]["ip"]
             added = f"10.200.{i // 250}.{i % 250 + 2}"
-            new["endpoints"][f"new{i}"] = endpoint(f"new{i}", sid, added)
-            new["revision"] = current["revision"] + 1
+            # What the manager sends the agent, and the view the agent makes of it.
+            delta = {"endpoints": {"set": {f"new{i}": endpoint(f"new{i}", sid, added)},
+                                   "del": [gone]}, "revision": current["revision"] + 1}
+            t0 = time.perf_counter()
+            new = nv.apply_delta(current, delta)
+            view_t.append(time.perf_counter() - t0)
             TimedNft.times.clear()
             t0 = time.perf_counter()
+            lb.observe(delta)
             changed = lb.sync(new, {TASK: CLIENT})
             total.append(time.perf_counter() - t0)
             nft_t.append(sum(TimedNft.times))
@@ -285,7 +291,7 @@ def one_size(n: int, args: argparse.Namespace, rng: random.Random) -> dict[str, 
             raise SystemExit(f"the new backend {last[2]} of VIP {last[0]} was never reached")
         return {"n": n, "chains": chains, "initial": initial, "initial_nft": initial_nft,
                 "vip": vip_t, "direct": direct_t, "change": total, "change_nft": nft_t,
-                "floor": floor}
+                "floor": floor, "view": view_t}
     finally:
         lb.close()
         if server.poll() is None:
@@ -299,7 +305,7 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": runs[0]["n"], "chains": runs[0]["chains"]}
     for key in ("initial", "initial_nft"):
         out[key] = statistics.median(r[key] for r in runs)
-    for key in ("vip", "direct", "change", "change_nft", "floor"):
+    for key in ("vip", "direct", "change", "change_nft", "floor", "view"):
         out[key] = [x for r in runs for x in r[key]]
     return out
 
@@ -327,7 +333,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for r in results:
         py = 1 - sum(r["change_nft"]) / sum(r["change"])
         print(f"{r['n']:>8} services: change mean {statistics.mean(r['change']) * 1e3:.2f} ms, "
-              f"of which Python (render + script) {py:.0%}")
+              f"of which Python (index + script) {py:.0%}; before it, the agent's "
+              f"nv.apply_delta p50 {pct(r['view'], 50) * 1e3:.2f} ms")
 
 
 def main() -> None:

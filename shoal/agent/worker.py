@@ -98,6 +98,7 @@ class Agent:
     def set_view(self, view: nv.NodeView) -> None:
         self.view = view
         self.resolver.set_view(view)
+        self.lb.reset()
         self._changed.set()
 
     def apply_delta(self, delta: dict[str, Any]) -> None:
@@ -105,6 +106,8 @@ class Agent:
             self.view = nv.apply_delta(self.view, delta)
             # At once, not at the next reconcile: names follow the view, not the task starts.
             self.resolver.apply_delta(delta, self.view)
+            # The load balancer renders only what a delta touched (dataplane/lb_index.py).
+            self.lb.observe(delta)
             self._changed.set()
 
     # --- reports ---

@@ -65,6 +65,9 @@ class Nft:
 
     def run(self, script: str) -> str:
         """Apply script as one transaction; its output (for list commands) is returned."""
+        return self._run(script)
+
+    def _run(self, script: str) -> str:
         lib = _libnftables()
         with self._lock:
             if self._ctx is None:
@@ -75,6 +78,13 @@ class Nft:
         if rc != 0:
             raise KernelError(f"nft in {self.netns} refused the transaction: {err.strip()}")
         return out
+
+    def drop_cache(self) -> None:
+        """Free libnftables' cache of this namespace's ruleset (512 KiB per table it holds:
+        four 8192-bucket hash tables) until the next command needs it again. A command that
+        needs no cache does it, once a commit has moved the ruleset's generation: the stale
+        cache is released and nothing is fetched. 30 us, against 0.5 MiB kept per context."""
+        self._run("describe ip daddr")
 
     def close(self) -> None:
         with self._lock:

@@ -127,7 +127,11 @@ def apply_delta(view: NodeView, delta: dict[str, Any]) -> NodeView:
         change = delta.get(section)
         if not change:
             continue
-        entries = dict(view[section])  # type: ignore[literal-required]
+        # .copy(), not dict(): CPython clones the hash table in one go when up to a third of
+        # its slots are deleted entries, dict() only when none is; so after a delta that
+        # removed an entry, dict() would rebuild entry by entry (12.8 ms against 1.6 ms for
+        # 90,000 endpoints, docs/benchmarks.md).
+        entries = view[section].copy()  # type: ignore[literal-required]
         for key in change["del"]:
             entries.pop(key, None)
         entries.update(change["set"])
