@@ -32,6 +32,10 @@ class Session:
         if self.ws is not None:
             self._outbox.put_nowait({"type": "status", "tasks": reports})
 
+    def send_encryption(self, report: dict[str, Any]) -> None:
+        if self.ws is not None:
+            self._outbox.put_nowait({"type": "encryption", "encryption": report})
+
     async def run(self) -> None:
         delay = RETRY_MIN
         async with aiohttp.ClientSession() as http:

@@ -18,6 +18,8 @@ from shoal.dataplane import Dataplane
 from shoal.dataplane.firewall import Firewall
 from shoal.dataplane.ingress import Ingress
 from shoal.dataplane.lb import LoadBalancer
+from shoal.dataplane.names import WIREGUARD_PORT
+from shoal.dataplane.wireguard import WireGuard
 from shoal.dns import resolvconf
 from shoal.dns.process import DnsOptions, Resolver, ResolverError
 from shoal.errors import ShoalError
@@ -46,7 +48,8 @@ class LocalTask:
 class Agent:
     def __init__(self, manager: str, hostname: str, addr: str, state_dir: str,
                  ns_prefix: str, dns: DnsOptions | None = None,
-                 mesh_ports: tuple[int, int] = (80, 443)) -> None:
+                 mesh_ports: tuple[int, int] = (80, 443), wireguard_go: str = "wireguard-go",
+                 wireguard_port: int = WIREGUARD_PORT) -> None:
         self.hostname = hostname
         self.addr = addr
         self.state_dir = Path(state_dir)
@@ -65,6 +68,9 @@ class Agent:
         # What may enter the node and its tasks, and task egress (dataplane/firewall.py).
         self.firewall = Firewall(addr, manager, tuple(mesh_ports))
         self.drain_delay = DRAIN_DELAY
+        # Encrypted overlays: the node's wireguard-go, its key and peers (dataplane/wireguard.py).
+        self.wireguard = WireGuard(self.state_dir, wireguard_port, wireguard_go)
+        self.wireguard.on_change = self._encryption_changed
         self._peers: object = None  # the peers the tasks' reply routes were made for
         # The HTTP routing mesh on this node's own address (shoal.mesh); port 0 turns it off.
         http, https = mesh_ports
@@ -91,9 +97,15 @@ class Agent:
 
     def register_message(self) -> dict[str, Any]:
         return {"type": "register", "node_id": self.node_id, "hostname": self.hostname,
-                "addr": self.addr, "resources": {
+                "addr": self.addr, "encryption": self.wireguard.report(), "resources": {
                     "NanoCPUs": (os.cpu_count() or 1) * 1_000_000_000,
                     "MemoryBytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}}
+
+    def _encryption_changed(self) -> None:
+        """wireguard-go died or came back: tell the manager (its scheduler places encrypted
+        networks' tasks by it) and reprogram."""
+        self.session.send_encryption(self.wireguard.report())
+        self._changed.set()
 
     # --- view updates from the session ---
 
@@ -136,6 +148,8 @@ class Agent:
                 out[task_id] = {"lines": [[stamp, "stdout", line] for line in lines],
                                 "offset": offset}
             return out
+        if body.get("op") == "encryption":
+            return self.wireguard.status(self.view, self.node_id, str(body.get("network")))
         return {"error": f"unknown request {body.get('op')!r}"}
 
     def log_path(self, task_id: str) -> Path:
@@ -144,6 +158,8 @@ class Agent:
     # --- the loop ---
 
     async def run(self) -> None:
+        # Before the session: the register message says whether this node can encrypt.
+        await self.wireguard.start()
         await self.resolver.start()
         if self.mesh is not None:
             try:
@@ -193,7 +209,12 @@ class Agent:
                 self.report(task_id, "shutdown", "not running on this node")
         for task_id in [t for t in self.reports if t not in wanted and t not in self.tasks]:
             del self.reports[task_id]
-        # 2. The overlay networks this node's tasks are on, and their peers.
+        # 2. The overlay networks this node's tasks are on, and their peers. WireGuard first:
+        # an encrypted network's VXLAN device sends from the tunnel address it puts in place.
+        wg = self.wireguard
+        await asyncio.to_thread(wg.sync, view, self.node_id, force)
+        dp.tunnel_addr = view["node"].get("tunnel_addr") or None if wg.ready else None
+        self.firewall.wireguard = (wg.ifname, wg.port) if wg.ready else None
         await asyncio.to_thread(dp.sync, view, force)
         # The node's filter, before any task starts behind it.
         await asyncio.to_thread(self.firewall.sync, view, force)
@@ -242,6 +263,15 @@ class Agent:
         entry = local.entry
         assert self.dataplane is not None
         self.report(entry["id"], "preparing", "preparing")
+        encrypted = sorted(view["networks"][n]["name"] for n in entry["addrs"]
+                           if view["networks"].get(n, {}).get("encrypted"))
+        if encrypted and not self.dataplane.tunnel_addr:
+            # Fail closed (CVE-2023-28840): never carry an encrypted network in cleartext.
+            self.report(entry["id"], "rejected", "encryption is not up", err=(
+                f"network {', '.join(encrypted)} is encrypted and this node cannot encrypt "
+                f"({self.wireguard.error or 'no tunnel address yet'}): refusing to carry it "
+                "in cleartext"))
+            return
         try:
             local.netns = await asyncio.to_thread(self.dataplane.attach, entry, view)
         except ShoalError as exc:
@@ -382,3 +412,4 @@ class Agent:
         if self.dataplane is not None:
             self.dataplane.teardown()
             self.dataplane.close()
+        await self.wireguard.stop()

@@ -18,9 +18,11 @@ from typing import Any
 from aiohttp import web
 
 import shoal
+from shoal.api import encryption
 from shoal.api import filters as flt
 from shoal.errors import InvalidArgument, NotFound, ShoalError
 from shoal.manager import Manager
+from shoal.manager.keys import public_cluster
 from shoal.model.objects import Obj, network_resource
 
 log = logging.getLogger("shoal.api")
@@ -138,13 +140,14 @@ async def info(request: web.Request) -> web.Response:
             "LocalNodeState": "active", "ControlAvailable": True, "Error": "",
             "RemoteManagers": [{"NodeID": n["ID"], "Addr": n["ManagerStatus"]["Addr"]}
                                for n in managers if "ManagerStatus" in n],
-            "Nodes": len(nodes), "Managers": len(managers), "Cluster": m.cluster,
+            "Nodes": len(nodes), "Managers": len(managers),
+            "Cluster": public_cluster(m.cluster),
         },
     })
 
 
 async def swarm_inspect(request: web.Request) -> web.Response:
-    cluster = dict(mgr(request).cluster)
+    cluster = dict(public_cluster(mgr(request).cluster))
     cluster["JoinTokens"] = {"Worker": "", "Manager": ""}
     return ok(cluster)
 
@@ -194,7 +197,12 @@ async def network_list(request: web.Request) -> web.Response:
 
 
 async def network_inspect(request: web.Request) -> web.Response:
-    return ok(network_resource(mgr(request).control.find("network", request.match_info["id"])))
+    m = mgr(request)
+    net = m.control.find("network", request.match_info["id"])
+    out = network_resource(net)
+    if encryption.is_encrypted(net):
+        out["Encryption"], out["Peers"] = await encryption.status(m, net)
+    return ok(out)
 
 
 async def network_create(request: web.Request) -> web.Response:

@@ -149,10 +149,12 @@ class Netlink:
         self._write(f"create bridge {name}", self.ipr.link, "add", ifname=name, kind="bridge",
                     mtu=mtu, state="up")
 
-    def add_vxlan(self, name: str, vni: int, local: str, mtu: int, master: int) -> None:
-        self._write(f"create vxlan {name} (vni {vni}, local {local})", self.ipr.link, "add",
+    def add_vxlan(self, name: str, vni: int, local: str, mtu: int, master: int,
+                  port: int = names.VXLAN_PORT) -> None:
+        self._write(f"create vxlan {name} (vni {vni}, local {local}, port {port})",
+                    self.ipr.link, "add",
                     ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local,
-                    vxlan_port=names.VXLAN_PORT, vxlan_learning=0, vxlan_proxy=1, mtu=mtu,
+                    vxlan_port=port, vxlan_learning=0, vxlan_proxy=1, mtu=mtu,
                     master=master, state="up")
 
     def add_veth(self, name: str, peer: str, peer_mac: str, peer_netns_fd: int, mtu: int,

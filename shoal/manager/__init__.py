@@ -15,6 +15,7 @@ import time
 from shoal.manager.allocator import Allocator
 from shoal.manager.control import Control
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.keys import DEFAULT_INTERVAL, KeyRotator
 from shoal.manager.orchestrator import Orchestrator
 from shoal.manager.scheduler import Scheduler
 from shoal.model.objects import new_cluster
@@ -28,7 +29,8 @@ PUSH_MIN_INTERVAL = 0.01
 
 
 class Manager:
-    def __init__(self, store: BaseStore, advertise: str) -> None:
+    def __init__(self, store: BaseStore, advertise: str,
+                 key_rotation: float = DEFAULT_INTERVAL) -> None:
         self.store = store
         if not store.list("cluster"):
             with store.tx() as tx:
@@ -40,6 +42,7 @@ class Manager:
         self.scheduler = Scheduler(store)
         self.dispatcher = Dispatcher(store, advertise)
         self.dispatcher.wake = self.wake
+        self.keys = KeyRotator(store, key_rotation, self._wake_at)  # encrypted overlays' PSK
         self._watch = store.watch()
         self._wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -52,7 +55,11 @@ class Manager:
         self._wakeup.set()
 
     def _wake_at(self, when: float) -> None:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # settle() called outside the loop (unit tests): nothing to wake
+
         delay = max(0.0, when - time.monotonic())
         if self._timer is None or self._timer.when() > loop.time() + delay:
             if self._timer is not None:
@@ -96,6 +103,7 @@ class Manager:
                 self.orchestrator.tick()
                 self.allocator.tick(self.store)
                 self.scheduler.tick()
+                self.keys.tick()
             except Exception:
                 log.exception("controller pass failed; retrying on the next change")
                 return

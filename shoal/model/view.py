@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-SECTIONS = ("networks", "peers", "services", "endpoints", "tasks")
+SECTIONS = ("networks", "peers", "services", "endpoints", "tasks", "keys")
 
 
 class NetworkEntry(TypedDict):
@@ -31,6 +31,21 @@ class PeerEntry(TypedDict):
     name: str
     addr: str  # underlay address, "198.18.0.12"
     ingress_addr: str  # the node's own address on the ingress network, "" if none yet
+    # Encrypted overlays (docs/encryption.md): the node's WireGuard public key (base64, ""
+    # while it cannot encrypt), its WireGuard UDP port and its tunnel address (a /32 of
+    # TUNNEL_NET, from the manager), which the VXLAN of encrypted networks runs between.
+    wg_key: str
+    wg_port: int
+    tunnel_addr: str
+
+
+class KeyEntry(TypedDict):
+    """A cluster-wide secret from the manager: "psk", WireGuard's preshared key (base64), set
+    on every peer of the node's WireGuard interface; it changes at each rotation."""
+
+    id: str
+    key: str
+    generation: int  # 1 for the first key, +1 per rotation
 
 
 class ServiceEntry(TypedDict):
@@ -98,18 +113,20 @@ class NodeView(TypedDict):
     services: dict[str, ServiceEntry]
     endpoints: dict[str, EndpointEntry]
     tasks: dict[str, TaskEntry]
+    keys: dict[str, KeyEntry]  # only on a node that has an encrypted network
 
 
 def empty_view(node: PeerEntry) -> NodeView:
     return NodeView(node=node, revision=0, networks={}, peers={}, services={}, endpoints={},
-                    tasks={})
+                    tasks={}, keys={})
 
 
 def diff(old: NodeView, new: NodeView) -> dict[str, Any] | None:
     """The delta from old to new: per section, {"set": {id: entry}, "del": [id]}. None if equal."""
     delta: dict[str, Any] = {}
     for section in SECTIONS:
-        before, after = old[section], new[section]  # type: ignore[literal-required]
+        # .get: a view from before a section existed lacks it
+        before, after = old.get(section, {}), new.get(section, {})  # type: ignore[misc]
         changed = {k: v for k, v in after.items() if before.get(k) != v}
         gone = [k for k in before if k not in after]
         if changed or gone:
@@ -127,7 +144,7 @@ def apply_delta(view: NodeView, delta: dict[str, Any]) -> NodeView:
         change = delta.get(section)
         if not change:
             continue
-        entries = dict(view[section])  # type: ignore[literal-required]
+        entries = dict(view.get(section, {}))  # type: ignore[misc]
         for key in change["del"]:
             entries.pop(key, None)
         entries.update(change["set"])
@@ -140,3 +157,11 @@ def mac_for(ip: str) -> str:
     """Docker's scheme: 02:42 then the four bytes of the IPv4 address."""
     parts = [int(p) for p in ip.split(".")]
     return "02:42:" + ":".join(f"{p:02x}" for p in parts)
+
+
+def encrypted_peers(view: NodeView, node_id: str) -> set[str]:
+    """The nodes this node must reach through WireGuard: every other node with an endpoint on
+    an encrypted network of this node's view."""
+    encrypted = {i for i, n in view["networks"].items() if n.get("encrypted")}
+    return {ep["node_id"] for ep in view["endpoints"].values()
+            if ep["node_id"] != node_id and encrypted & set(ep["addrs"])}

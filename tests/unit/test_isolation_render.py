@@ -73,6 +73,7 @@ table inet shoal_filter {
   }
   chain input {
     type filter hook input priority filter; policy accept;
+    udp dport 4790 counter drop
     iifname "eth0" goto from_outside
     iifname "shgw0" goto from_tasks
     iifname "shbr*" goto from_tasks
@@ -111,7 +112,7 @@ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
     oifname "shbr*" drop
   }
   chain egress {
-    ip daddr @peers udp dport 4789 drop
+    ip daddr @peers udp dport { 4789, 4790 } drop
     ip daddr @peers tcp dport 2377 drop
     accept
   }
