@@ -88,7 +88,6 @@ class KeyRotator:
         self.interval = interval
         self.wake_at = wake_at
         self.clock = clock
-        self._scheduled: float | None = None
 
     def tick(self) -> None:
         cluster = self.store.list("cluster")[0]
@@ -98,9 +97,9 @@ class KeyRotator:
         if now >= due:
             self.rotate(cluster, now)
             due = now + self.interval
-        if due != self._scheduled:
-            self._scheduled = due
-            self.wake_at(time.monotonic() + max(0.0, due - now))
+        # Asked again on every tick: the manager keeps one timer (the earliest asked for), and
+        # a timer may fire a little before the wall clock says the key is due.
+        self.wake_at(time.monotonic() + max(0.0, due - now))
 
     def rotate(self, cluster: Obj, now: float) -> None:
         cluster = copy.deepcopy(cluster)
