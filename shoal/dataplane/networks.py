@@ -80,11 +80,14 @@ def _ensure_vxlan(nl: Netlink, links: dict[str, Link], vni: int, spec: Vxlan,
     link = links.get(name)
     local, mtu = spec.local, spec.mtu
     want = {"id": vni, "local": local, "port": spec.port, "learning": 0, "proxy": 1}
-    if link is not None and (link.kind != "vxlan" or link.vxlan != want):
+    if not spec.checksum:
+        want["udp_csum"] = 0  # only then: plain networks keep the kernel's default
+    if link is not None and (link.kind != "vxlan"
+                             or {k: link.vxlan.get(k) for k in want} != want):
         nl.del_link(link)  # VXLAN parameters cannot be changed in place
         link = None
     if link is None:
-        nl.add_vxlan(name, vni, local, mtu, bridge.index, spec.port)
+        nl.add_vxlan(name, vni, local, mtu, bridge.index, spec.port, spec.checksum)
         return _must(nl, name)
     if link.master != bridge.index or link.mtu != mtu or not link.up:
         nl.set_link(link, master=bridge.index, mtu=mtu, state="up")
