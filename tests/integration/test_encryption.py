@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -434,3 +435,30 @@ def test_a_node_that_cannot_encrypt_gets_no_task_until_it_can(world) -> None:
     t1 = _by_node(c, EVERY)["node1"]
     out = in_task(t3, "curl", "-s", "-m", "5", f"http://{_ip(t1)}/")
     assert out.stdout == "secglobal." + t1["NodeID"], out
+
+
+def test_the_docker_cli_and_shoal_cli_make_encrypted_networks(world) -> None:
+    lab = world["lab"]
+    shoal = [sys.executable, "-m", "shoal", "--host", lab.docker_host]
+    subprocess.run([*shoal, "network", "create", "--opt", "encrypted", "clisec"], check=True,
+                   capture_output=True, timeout=60)
+    out = json.loads(subprocess.run([*shoal, "network", "inspect", "clisec"], check=True,
+                                    capture_output=True, text=True, timeout=60).stdout)[0]
+    assert "encrypted" in out["Options"] and out["Encryption"]["Enabled"]
+    if shutil.which("docker") is None:
+        pytest.skip("no docker CLI installed")
+    env = dict(os.environ, DOCKER_HOST=lab.docker_host)
+
+    def docker(*args: str) -> str:
+        return subprocess.run(["docker", *args], env=env, check=True, capture_output=True,
+                              text=True, timeout=60).stdout
+
+    docker("network", "create", "--driver", "overlay", "--opt", "encrypted", "dockersec")
+    out = json.loads(docker("network", "inspect", "dockersec"))[0]
+    assert "encrypted" in out["Options"]
+    # The raw JSON, shoal's fields included (node3 can encrypt again by now: see above).
+    nodes = {n["Name"]: n for n in out["Encryption"]["Nodes"]}
+    assert set(nodes) == {"node1", "node2", "node3"} and all(n["Ready"] for n in nodes.values())
+    assert not any(n["Carrying"] for n in nodes.values())  # no task on it
+    peers = json.loads(docker("network", "inspect", "--format", "{{json .Peers}}", SECNET))
+    assert {p["Name"] for p in peers} >= {"node1", "node2"}
