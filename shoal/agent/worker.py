@@ -71,6 +71,8 @@ class Agent:
         # Encrypted overlays: the node's wireguard-go, its key and peers (dataplane/wireguard.py).
         self.wireguard = WireGuard(self.state_dir, wireguard_port, wireguard_go)
         self.wireguard.on_change = self._encryption_changed
+        self._wg_generation = 0  # the WireGuard interface the VXLAN devices were made over
+        self._force_next = False  # the next reconcile re-reads the kernel (see _encryption_changed)
         self._peers: object = None  # the peers the tasks' reply routes were made for
         # The HTTP routing mesh on this node's own address (shoal.mesh); port 0 turns it off.
         http, https = mesh_ports
@@ -105,6 +107,7 @@ class Agent:
         """wireguard-go died or came back: tell the manager (its scheduler places encrypted
         networks' tasks by it) and reprogram."""
         self.session.send_encryption(self.wireguard.report())
+        self._force_next = True  # a new interface: everything over it is checked again
         self._changed.set()
 
     # --- view updates from the session ---
@@ -174,10 +177,11 @@ class Agent:
             while True:
                 try:
                     await asyncio.wait_for(self._changed.wait(), RESYNC_EVERY)
-                    force = False
+                    force = self._force_next
                 except TimeoutError:
                     force = True
                 self._changed.clear()
+                self._force_next = False
                 try:
                     await self.reconcile(force)
                 except ShoalError as exc:
@@ -213,6 +217,12 @@ class Agent:
         # an encrypted network's VXLAN device sends from the tunnel address it puts in place.
         wg = self.wireguard
         await asyncio.to_thread(wg.sync, view, self.node_id, force)
+        if wg.generation != self._wg_generation:
+            # wireguard-go came back as a new interface: its VXLAN devices are remade.
+            log.info("WireGuard interface %s is new: remaking encrypted VXLAN devices",
+                     wg.ifname)
+            await asyncio.to_thread(dp.drop_encrypted)
+            self._wg_generation = wg.generation
         dp.tunnel_addr = view["node"].get("tunnel_addr") or None if wg.ready else None
         self.firewall.wireguard = (wg.ifname, wg.port) if wg.ready else None
         await asyncio.to_thread(dp.sync, view, force)

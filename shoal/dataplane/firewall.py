@@ -18,6 +18,9 @@ masquerade of task egress. In the node's namespace, next to ingress.py's DNAT ta
                        within one overlay bridge (bridged traffic, seen here when br_netfilter
                        is loaded); gateway -> underlay via `egress`. Anything else from or to
                        a shoal interface is dropped: no route joins two networks on the node.
+      chain output     encrypted networks' VXLAN (udp/4790) leaves only into the WireGuard
+                       interface: if wireguard-go is gone, its route is too, and on a host
+                       with a default route the packets would otherwise leave in cleartext.
       chain egress     task egress may not reach a peer's VXLAN or control port: masqueraded
                        to this node's address it would pass there as a cluster peer.
       chain postrouting  nat: gateway addresses masqueraded wherever they leave the bridge.
@@ -190,6 +193,13 @@ def _cleartext_guard(p: Policy) -> list[str]:
     return rules
 
 
+def _tunnel_only(p: Policy) -> str:
+    """Fail closed on the way out as well: encrypted VXLAN never leaves in the clear."""
+    if p.wireguard is None:
+        return f"udp dport {names.ENCRYPTED_VXLAN_PORT} counter drop"
+    return f'udp dport {names.ENCRYPTED_VXLAN_PORT} oifname != "{p.wireguard[0]}" counter drop'
+
+
 def script(p: Policy) -> str:
     """The whole of both tables, replacing what was there, as one transaction."""
     gw, up = gateway.BRIDGE, p.underlay
@@ -232,6 +242,8 @@ def script(p: Policy) -> str:
         *_chain("from_outside", [*outside, *_rest_of_outside(p)]),
         *_chain("from_tasks", [*_open_ports(p), "counter drop"]),
         *_chain("forward", forward, "type filter hook forward priority filter; policy accept;"),
+        *_chain("output", [_tunnel_only(p)],
+                "type filter hook output priority filter; policy accept;"),
         *_chain("egress", [*egress, "accept"]),
         *_chain("postrouting", [f'ip saddr {gateway.NETWORK} oifname != "{gw}" masquerade'],
                 "type nat hook postrouting priority srcnat; policy accept;"),

@@ -182,6 +182,13 @@ def sync_gateway(nl: Netlink, wanted: bool, mtu: int) -> None:
         nl.addr_add(link, gateway.ADDR, gateway.PREFIXLEN)
 
 
+def remove_vxlans(nl: Netlink, port: int) -> None:
+    """The VXLAN devices on UDP port `port` (the encrypted networks': ENCRYPTED_VXLAN_PORT)."""
+    for link in _ours(nl.links(), names.VXLAN_PREFIX, "vxlan").values():
+        if link.vxlan.get("port") == port:
+            nl.del_link(link)
+
+
 def remove_all(nl: Netlink) -> None:
     """Every shoal bridge and VXLAN device in this namespace, the gateway bridge too."""
     nl.del_link_if_present(gateway.BRIDGE)

@@ -87,6 +87,14 @@ class Dataplane:
         self._counted(call)
         self._synced = wanted
 
+    def drop_encrypted(self) -> None:
+        """Delete the encrypted networks' VXLAN devices; the next sync makes them again.
+        For after wireguard-go restarted: a VXLAN device whose local address went away with
+        the old interface drops every packet it is given, even once the address is back
+        (seen on kernel 6.18; a new device works at once)."""
+        self._synced = None
+        self._counted(lambda nl: networks.remove_vxlans(nl, names.ENCRYPTED_VXLAN_PORT))
+
     def netns_name(self, task_id: str) -> str:
         return names.netns_name(self.ns_prefix, task_id)
 

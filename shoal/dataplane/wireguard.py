@@ -135,6 +135,7 @@ class WireGuard:
         self._stopping = False
         self._peers: dict[str, wg_uapi.Peer] = {}  # last programmed
         self._tunnel: str | None = None
+        self.generation = 0  # +1 at each successful start: the interface is a new one
 
     @property
     def socket_path(self) -> Path:
@@ -166,6 +167,7 @@ class WireGuard:
             return False
         self.ready, self.error = True, ""
         self._peers, self._tunnel = {}, None
+        self.generation += 1
         if self._supervisor is None or self._supervisor.done():
             self._supervisor = asyncio.create_task(self._supervise())
         log.info("WireGuard interface %s up on port %d", self.ifname, self.port)
@@ -236,10 +238,13 @@ class WireGuard:
             await asyncio.to_thread(self._configure_device)
         except KernelError as exc:
             self.error = str(exc)
+            log.error("restarting wireguard-go: %s", exc)
             await self._kill()
             return False
         self.ready, self.error = True, ""
         self._peers, self._tunnel = {}, None
+        self.generation += 1
+        log.info("wireguard-go is back: %s up on port %d", self.ifname, self.port)
         return True
 
     async def _kill(self) -> None:

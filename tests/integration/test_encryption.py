@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -103,23 +104,27 @@ while not stop:
 print(json.dumps({"ok": ok, "errors": errors}), flush=True)
 """.replace("@UDP_PORT@", str(UDP_PORT))
 
-# A VXLAN packet as a peer would send it (as test_isolation.VXLAN_INJECT, with the port).
+# A VXLAN packet as a peer would send it, from any namespace: a raw IPv4 packet with the
+# peer's address as its source (node1's own filter would not let it out: see chain output).
 VXLAN_INJECT = """
 import socket, struct, sys
-node, port, vni, dmac, src, dst, dport, payload = sys.argv[1:9]
+peer, node, port, vni, dmac, src, dst, dport, payload = sys.argv[1:10]
 def csum(b):
     s = sum(struct.unpack(f"!{len(b) // 2}H", b))
     s = (s >> 16) + (s & 0xFFFF)
     return ~(s + (s >> 16)) & 0xFFFF
-udp = struct.pack("!HHHH", 40000, int(dport), 8 + len(payload), 0) + payload.encode()
-ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                 socket.inet_aton(src), socket.inet_aton(dst))
-ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+def ipv4(src, dst, body):
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0, 64, 17, 0,
+                    socket.inet_aton(src), socket.inet_aton(dst))
+    return h[:10] + struct.pack("!H", csum(h)) + h[12:] + body
+def udp(sport, dport, data):
+    return struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+inner = ipv4(src, dst, udp(40000, int(dport), payload.encode()))
 frame = bytes.fromhex(dmac.replace(":", "")) + bytes.fromhex("02420a00fffe") + b"\\x08\\x00"
-packet = struct.pack("!II", 0x08000000, int(vni) << 8) + frame + ip + udp
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+vxlan = struct.pack("!II", 0x08000000, int(vni) << 8) + frame + inner
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 for _ in range(3):
-    s.sendto(packet, (node, int(port)))
+    s.sendto(ipv4(peer, node, udp(40001, int(port), vxlan)), (node, 0))
 """
 
 
@@ -279,8 +284,9 @@ def test_injected_cleartext_vxlan_for_the_encrypted_vni_is_not_delivered(world) 
     target = sec["node2"]
     sec_vni, plain_vni = _vni(c, world["ids"][SECNET]), _vni(c, world["ids"][PLAINNET])
     node2 = lab.node(2).addr
-    # From node1, a cluster peer whose VXLAN node2 accepts: to the encrypted port and to the
-    # plain port, with the encrypted network's VNI. Neither may reach the task.
+    # As from node1, a cluster peer whose VXLAN node2 accepts (sent from ext with node1's
+    # address): to the encrypted port and to the plain port, with the encrypted network's
+    # VNI. Neither may reach the task.
     for port in (4790, 4789):
         got = _inject(lab, target, node2, port, sec_vni, f"cleartext-{port}")
         assert got == "nothing", f"cleartext VXLAN on {port} was delivered: {got}"
@@ -297,9 +303,9 @@ def _inject(lab: Lab, task: dict, node_addr: str, port: int, vni: int, payload: 
         assert listen.stdout is not None and listen.stdout.readline().strip() == "ready"
         ip = _ip(task)
         src = ip.rsplit(".", 1)[0] + ".254"
-        subprocess.run(["ip", "netns", "exec", _node_netns(lab, 1), sys.executable, "-c",
-                        VXLAN_INJECT, node_addr, str(port), str(vni), _mac(ip), src, ip, "7777",
-                        payload], check=True, timeout=10)
+        subprocess.run(["ip", "netns", "exec", lab.ext_netns, sys.executable, "-c",
+                        VXLAN_INJECT, lab.node(1).addr, node_addr, str(port), str(vni),
+                        _mac(ip), src, ip, "7777", payload], check=True, timeout=10)
         out, _ = listen.communicate(timeout=10)
         return out.strip()
     finally:
@@ -462,3 +468,86 @@ def test_the_docker_cli_and_shoal_cli_make_encrypted_networks(world) -> None:
     assert not any(n["Carrying"] for n in nodes.values())  # no task on it
     peers = json.loads(docker("network", "inspect", "--format", "{{json .Peers}}", SECNET))
     assert {p["Name"] for p in peers} >= {"node1", "node2"}
+
+
+def _shoal_wireguard_go(lab: Lab, node: int) -> list[int]:
+    """Pids of the wireguard-go processes of shoal's interface in a node's namespace."""
+    want = f"net:[{os.stat(f'/run/netns/{lab.node(node).netns}').st_ino}]"
+    out = []
+    for pid in subprocess.run(["pgrep", "-x", "wireguard-go"], capture_output=True,
+                              text=True).stdout.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if os.readlink(f"/proc/{pid}/ns/net") == want and argv[-2].startswith(b"shwg"):
+                out.append(int(pid))
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+# UDP datagrams with a marker every 10 ms for argv[3] seconds; errors are expected here.
+UDP_SPRAY = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    try:
+        s.sendto(sys.argv[2].encode(), (sys.argv[1], 9999))
+    except OSError:
+        pass
+    time.sleep(0.01)
+"""
+
+
+def test_when_wireguard_go_dies_nothing_leaves_in_cleartext_and_it_comes_back(world) -> None:
+    c, lab = world["client"], world["lab"]
+    sec = _by_node(c, SEC)
+    a, b = sec["node1"], sec["node2"]
+    node1 = _node_netns(lab, 1)
+    # A host with a default route (the lab has none): without the output guard, encrypted
+    # VXLAN would follow it in cleartext once the WireGuard interface and its route are gone.
+    subprocess.run(["ip", "-n", node1, "route", "add", "default", "via", lab.ext_addr],
+                   check=True)
+    secret = "SHOALGAP" + secrets.token_hex(8)
+    try:
+        (old,) = _shoal_wireguard_go(lab, 1)
+
+        def crash() -> None:
+            spray = subprocess.Popen(["ip", "netns", "exec", netns(a), sys.executable, "-c",
+                                      UDP_SPRAY, _ip(b), secret, "3"])
+            time.sleep(0.3)
+            os.kill(old, signal.SIGKILL)
+            spray.wait(timeout=30)
+
+        pcap = _capture(lab, crash)
+    finally:
+        subprocess.run(["ip", "-n", node1, "route", "del", "default"], check=True)
+    assert secret.encode() not in pcap
+    with tempfile.NamedTemporaryFile(suffix=".pcap") as f:
+        f.write(pcap)
+        f.flush()
+        leaked = subprocess.run(["tcpdump", "-n", "-r", f.name, "udp port 4790"],
+                                capture_output=True, text=True).stdout
+    assert leaked == ""
+    # The agent starts it again, reprograms it, and traffic flows.
+    wait_for("a new wireguard-go", lambda: _shoal_wireguard_go(lab, 1) not in ([], [old]))
+    try:
+        wait_for("traffic again", lambda: in_task(a, sys.executable, "-c", UDP_ASK, _ip(b),
+                                              str(UDP_PORT), "back").stdout.strip() == "back",
+             timeout=20)
+    except AssertionError:
+        print(lab.log_file("node1").read_text()[-3000:])
+        raise
+    node = {n["Name"]: n for n in c.get(f"/networks/{SECNET}")["Encryption"]["Nodes"]}["node1"]
+    assert node["Ready"] and node["Up"], node
+
+
+def test_wireguard_go_dies_with_its_agent_even_on_sigkill(world) -> None:
+    from shoal.lab import pid_of
+
+    lab = world["lab"]
+    assert _shoal_wireguard_go(lab, 2)
+    os.kill(pid_of(lab, "node2"), signal.SIGKILL)  # the agent alone, not its group
+    wait_for("wireguard-go gone", lambda: _shoal_wireguard_go(lab, 2) == [], timeout=5)
+    start_agent(lab, 2)
+    wait_for("node2's wireguard-go back", lambda: _shoal_wireguard_go(lab, 2), timeout=20)

@@ -181,6 +181,8 @@ def test_the_filter_takes_encrypted_vxlan_only_from_the_tunnel() -> None:
     assert "ip daddr @peers udp dport 51820 drop" in text  # tasks cannot reach peers' WG
     tunnel = text.split("chain from_tunnel {")[1].split("\n  }")[0]
     assert "udp dport 4790 accept" in tunnel and tunnel.strip().endswith("counter drop")
+    # Encrypted VXLAN leaves only into the tunnel (wireguard-go gone: dropped, not routed).
+    assert 'udp dport 4790 oifname != "shwgabc" counter drop' in text
     # A node that cannot encrypt still drops cleartext for the encrypted VNI.
     text = script(render(view, "eth0", None, (80,)))
     assert "from_tunnel" not in text and "@th,96,24 { 4097 } counter drop" in text

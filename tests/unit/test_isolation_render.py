@@ -111,6 +111,10 @@ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
     oifname "shgw0" drop
     oifname "shbr*" drop
   }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    udp dport 4790 counter drop
+  }
   chain egress {
     ip daddr @peers udp dport { 4789, 4790 } drop
     ip daddr @peers tcp dport 2377 drop
