@@ -114,14 +114,15 @@ class Agent:
 
     def set_view(self, view: nv.NodeView) -> None:
         self.view = view
-        self.resolver.set_view(view)
+        self.resolver.set_view(nv.without_keys(view))  # the PSK stays in the agent
         self._changed.set()
 
     def apply_delta(self, delta: dict[str, Any]) -> None:
         if self.view is not None:
             self.view = nv.apply_delta(self.view, delta)
             # At once, not at the next reconcile: names follow the view, not the task starts.
-            self.resolver.apply_delta(delta, self.view)
+            self.resolver.apply_delta({k: v for k, v in delta.items() if k != "keys"},
+                                      nv.without_keys(self.view))
             self._changed.set()
 
     # --- reports ---

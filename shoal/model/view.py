@@ -159,6 +159,13 @@ def mac_for(ip: str) -> str:
     return "02:42:" + ":".join(f"{p:02x}" for p in parts)
 
 
+def without_keys(view: NodeView) -> NodeView:
+    """The view minus its secrets, for helpers that need no key (the DNS resolver)."""
+    if not view.get("keys"):
+        return view
+    return {**view, "keys": {}}  # type: ignore[typeddict-item]
+
+
 def encrypted_peers(view: NodeView, node_id: str) -> set[str]:
     """The nodes this node must reach through WireGuard: every other node with an endpoint on
     an encrypted network of this node's view."""
