@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 
+from shoal.model.view import TUNNEL_NET  # noqa: F401  (declared with the view it travels in)
+
 BRIDGE_PREFIX = "shbr"  # shbr<vni>: one bridge per overlay network
 VXLAN_PREFIX = "shvx"  # shvx<vni>: its VXLAN device, a port of the bridge
 HOST_VETH_PREFIX = "shv"  # shv<task id[:8]><index>: node side of a task's veth
@@ -17,7 +19,6 @@ VXLAN_PORT = 4789  # IANA port; the kernel's default (8472) is not what other ho
 ENCRYPTED_VXLAN_PORT = 4790
 WIREGUARD_PORT = 51820  # WireGuard's customary port; `shoal agent --wireguard-port`
 WIREGUARD_PREFIX = "shwg"  # shwg<10 hex digits of the state dir's hash>: the node's interface
-TUNNEL_NET = "100.64.0.0/16"  # tunnel addresses, one /32 per node, handed out by the manager
 WIREGUARD_OVERHEAD = 80  # outer IPv6 40 (IPv4 20) + UDP 8 + WireGuard 32: wireguard-go's 1420
 TASK_ID_LEN = 12  # task namespace: <prefix><task id[:12]>
 OWNER_PREFIX = "shoal:"  # lo's alias in a task namespace: shoal:<node id> of the owning node

@@ -12,8 +12,9 @@ import ipaddress
 from typing import Any
 
 from shoal.model.objects import Obj
+from shoal.model.view import TUNNEL_NET as _TUNNEL_NET
 
-TUNNEL_NET = ipaddress.IPv4Network("100.64.0.0/16")  # = shoal.dataplane.names.TUNNEL_NET
+TUNNEL_NET = ipaddress.IPv4Network(_TUNNEL_NET)
 NOT_REPORTED = "the node's agent has not reported its encryption (an older agent?)"
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 SECTIONS = ("networks", "peers", "services", "endpoints", "tasks", "keys")
+# Tunnel addresses of encrypted overlays: one /32 per node, handed out by the manager, held by
+# the node's WireGuard interface (RFC 6598 space, away from the overlays' 10.0.0.0/8).
+TUNNEL_NET = "100.64.0.0/16"
 
 
 class NetworkEntry(TypedDict):
