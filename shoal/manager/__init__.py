@@ -2,9 +2,8 @@
 
 Controllers never call each other: each reads the store and writes its own transactions. One
 loop runs them in a fixed order (orchestrator, allocator, scheduler, and keys.py's rotator of
-the encrypted overlays' preshared key) until a pass writes
-nothing, then the dispatcher pushes the settled state to the agents once, so a burst of changes
-costs one view update per node.
+the encrypted overlays' preshared key) until a pass writes nothing, then the dispatcher pushes
+the settled state to the agents once, so a burst of changes costs one view update per node.
 """
 
 from __future__ import annotations
