@@ -11,7 +11,7 @@ STAMP := $(VENV)/.stamp
 # command -> Debian package providing it. A command already on PATH needs nothing installed.
 TOOLS := ip:iproute2 nft:nftables dig:dnsutils iperf3:iperf3 wrk:wrk dnsmasq:dnsmasq-base \
          curl:curl dnsperf:dnsperf sysctl:procps pgrep:procps nsenter:util-linux python3:python3 \
-         haproxy:haproxy openssl:openssl
+         haproxy:haproxy openssl:openssl wireguard-go:wireguard-go
 
 .PHONY: help setup system demo test unit integration lint clean
 

@@ -61,6 +61,10 @@ class Session:
         if self.ws is not None:
             self._outbox.put_nowait({"type": "status", "tasks": reports})
 
+    def send_encryption(self, report: dict[str, Any]) -> None:
+        if self.ws is not None:
+            self._outbox.put_nowait({"type": "encryption", "encryption": report})
+
     async def run(self) -> None:
         renewer = asyncio.create_task(self._renew_loop())
         renewer.add_done_callback(_log_crash)

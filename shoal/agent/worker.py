@@ -18,6 +18,8 @@ from shoal.dataplane import Dataplane
 from shoal.dataplane.firewall import Firewall
 from shoal.dataplane.ingress import Ingress
 from shoal.dataplane.lb import LoadBalancer
+from shoal.dataplane.names import WIREGUARD_PORT
+from shoal.dataplane.wireguard import WireGuard
 from shoal.dns import resolvconf
 from shoal.dns.process import DnsOptions, Resolver, ResolverError
 from shoal.errors import ShoalError
@@ -46,7 +48,8 @@ class LocalTask:
 class Agent:
     def __init__(self, manager: str, hostname: str, addr: str, state_dir: str,
                  ns_prefix: str, dns: DnsOptions | None = None,
-                 mesh_ports: tuple[int, int] = (80, 443)) -> None:
+                 mesh_ports: tuple[int, int] = (80, 443), wireguard_go: str = "wireguard-go",
+                 wireguard_port: int = WIREGUARD_PORT) -> None:
         self.hostname = hostname
         self.addr = addr
         self.state_dir = Path(state_dir)
@@ -65,6 +68,11 @@ class Agent:
         # What may enter the node and its tasks, and task egress (dataplane/firewall.py).
         self.firewall = Firewall(addr, manager, tuple(mesh_ports))
         self.drain_delay = DRAIN_DELAY
+        # Encrypted overlays: the node's wireguard-go, its key and peers (dataplane/wireguard.py).
+        self.wireguard = WireGuard(self.state_dir, wireguard_port, wireguard_go)
+        self.wireguard.on_change = self._encryption_changed
+        self._wg_generation = 0  # the WireGuard interface the VXLAN devices were made over
+        self._force_next = False  # the next reconcile re-reads the kernel (see _encryption_changed)
         self._peers: object = None  # the peers the tasks' reply routes were made for
         # The HTTP routing mesh on this node's own address (shoal.mesh); port 0 turns it off.
         http, https = mesh_ports
@@ -89,15 +97,22 @@ class Agent:
 
     def register_message(self) -> dict[str, Any]:
         return {"type": "register", "hostname": self.hostname,
-                "addr": self.addr, "resources": {
+                "addr": self.addr, "encryption": self.wireguard.report(), "resources": {
                     "NanoCPUs": (os.cpu_count() or 1) * 1_000_000_000,
                     "MemoryBytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}}
+
+    def _encryption_changed(self) -> None:
+        """wireguard-go died or came back: tell the manager (its scheduler places encrypted
+        networks' tasks by it) and reprogram."""
+        self.session.send_encryption(self.wireguard.report())
+        self._force_next = True  # a new interface: everything over it is checked again
+        self._changed.set()
 
     # --- view updates from the session ---
 
     def set_view(self, view: nv.NodeView) -> None:
         self.view = view
-        self.resolver.set_view(view)
+        self.resolver.set_view(nv.without_keys(view))  # the PSK stays in the agent
         self.lb.reset()
         self._changed.set()
 
@@ -105,7 +120,8 @@ class Agent:
         if self.view is not None:
             self.view = nv.apply_delta(self.view, delta)
             # At once, not at the next reconcile: names follow the view, not the task starts.
-            self.resolver.apply_delta(delta, self.view)
+            self.resolver.apply_delta({k: v for k, v in delta.items() if k != "keys"},
+                                      nv.without_keys(self.view))
             # The load balancer renders only what a delta touched (dataplane/lb_index.py).
             self.lb.observe(delta)
             self._changed.set()
@@ -137,6 +153,8 @@ class Agent:
                 out[task_id] = {"lines": [[stamp, "stdout", line] for line in lines],
                                 "offset": offset}
             return out
+        if body.get("op") == "encryption":
+            return self.wireguard.status(self.view, self.node_id, str(body.get("network")))
         return {"error": f"unknown request {body.get('op')!r}"}
 
     def log_path(self, task_id: str) -> Path:
@@ -145,6 +163,8 @@ class Agent:
     # --- the loop ---
 
     async def run(self) -> None:
+        # Before the session: the register message says whether this node can encrypt.
+        await self.wireguard.start()
         await self.resolver.start()
         if self.mesh is not None:
             try:
@@ -159,10 +179,11 @@ class Agent:
             while True:
                 try:
                     await asyncio.wait_for(self._changed.wait(), RESYNC_EVERY)
-                    force = False
+                    force = self._force_next
                 except TimeoutError:
                     force = True
                 self._changed.clear()
+                self._force_next = False
                 try:
                     await self.reconcile(force)
                 except ShoalError as exc:
@@ -194,7 +215,18 @@ class Agent:
                 self.report(task_id, "shutdown", "not running on this node")
         for task_id in [t for t in self.reports if t not in wanted and t not in self.tasks]:
             del self.reports[task_id]
-        # 2. The overlay networks this node's tasks are on, and their peers.
+        # 2. The overlay networks this node's tasks are on, and their peers. WireGuard first:
+        # an encrypted network's VXLAN device sends from the tunnel address it puts in place.
+        wg = self.wireguard
+        await asyncio.to_thread(wg.sync, view, self.node_id, force)
+        if wg.generation != self._wg_generation:
+            # wireguard-go came back as a new interface: its VXLAN devices are remade.
+            log.info("WireGuard interface %s is new: remaking encrypted VXLAN devices",
+                     wg.ifname)
+            await asyncio.to_thread(dp.drop_encrypted)
+            self._wg_generation = wg.generation
+        dp.tunnel_addr = view["node"].get("tunnel_addr") or None if wg.ready else None
+        self.firewall.wireguard = (wg.ifname, wg.port) if wg.ready else None
         await asyncio.to_thread(dp.sync, view, force)
         # The node's filter, before any task starts behind it.
         await asyncio.to_thread(self.firewall.sync, view, force)
@@ -243,6 +275,15 @@ class Agent:
         entry = local.entry
         assert self.dataplane is not None
         self.report(entry["id"], "preparing", "preparing")
+        encrypted = sorted(view["networks"][n]["name"] for n in entry["addrs"]
+                           if view["networks"].get(n, {}).get("encrypted"))
+        if encrypted and not self.dataplane.tunnel_addr:
+            # Fail closed (CVE-2023-28840): never carry an encrypted network in cleartext.
+            self.report(entry["id"], "rejected", "encryption is not up", err=(
+                f"network {', '.join(encrypted)} is encrypted and this node cannot encrypt "
+                f"({self.wireguard.error or 'no tunnel address yet'}): refusing to carry it "
+                "in cleartext"))
+            return
         try:
             local.netns = await asyncio.to_thread(self.dataplane.attach, entry, view)
         except ShoalError as exc:
@@ -383,3 +424,4 @@ class Agent:
         if self.dataplane is not None:
             self.dataplane.teardown()
             self.dataplane.close()
+        await self.wireguard.stop()

@@ -19,10 +19,12 @@ from aiohttp import web
 
 import shoal
 from shoal import ca
+from shoal.api import encryption
 from shoal.api import filters as flt
 from shoal.api.access import CALLER, access_middleware
 from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.manager import Manager
+from shoal.manager.keys import public_cluster
 from shoal.manager.security import REVOCATIONS, ClusterSecurity
 from shoal.model.objects import Obj, network_resource
 
@@ -141,13 +143,16 @@ async def info(request: web.Request) -> web.Response:
             "LocalNodeState": "active", "ControlAvailable": True, "Error": "",
             "RemoteManagers": [{"NodeID": n["ID"], "Addr": n["ManagerStatus"]["Addr"]}
                                for n in managers if "ManagerStatus" in n],
-            "Nodes": len(nodes), "Managers": len(managers), "Cluster": m.cluster,
+            "Nodes": len(nodes), "Managers": len(managers),
+            # Docker's ClusterInfo: no join tokens (GET /swarm gives them to admins).
+            "Cluster": {k: v for k, v in public_cluster(m.cluster).items()
+                        if k not in ("JoinTokens", REVOCATIONS)},
         },
     })
 
 
 async def swarm_inspect(request: web.Request) -> web.Response:
-    cluster = dict(mgr(request).cluster)
+    cluster = dict(public_cluster(mgr(request).cluster))
     cluster.pop(REVOCATIONS, None)
     caller = request.get(CALLER)
     if caller is None or not caller.is_admin or "JoinTokens" not in cluster:
@@ -274,7 +279,12 @@ async def network_list(request: web.Request) -> web.Response:
 
 
 async def network_inspect(request: web.Request) -> web.Response:
-    return ok(network_resource(mgr(request).control.find("network", request.match_info["id"])))
+    m = mgr(request)
+    net = m.control.find("network", request.match_info["id"])
+    out = network_resource(net)
+    if encryption.is_encrypted(net):
+        out["Encryption"], out["Peers"] = await encryption.status(m, net)
+    return ok(out)
 
 
 async def network_create(request: web.Request) -> web.Response:

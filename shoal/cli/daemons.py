@@ -35,7 +35,8 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
-async def run_manager(state_dir: str, socket_path: str, listen: str) -> None:
+async def run_manager(state_dir: str, socket_path: str, listen: str,
+                      key_rotation: float | None = None) -> None:
     from shoal import ca
     from shoal.api.app import make_app
     from shoal.manager import Manager
@@ -46,7 +47,8 @@ async def run_manager(state_dir: str, socket_path: str, listen: str) -> None:
     store = SQLiteStore(Path(state_dir) / "store.db")
     security = ClusterSecurity.load(store, Path(state_dir), listen)
     audit = AuditLog(Path(state_dir) / "audit.log")
-    manager = Manager(store, listen, security, audit)
+    manager = Manager(store, listen, security, audit) if key_rotation is None else Manager(
+        store, listen, security, audit, key_rotation)
     app = make_app(manager)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -92,10 +94,12 @@ async def run_agent(manager: str, hostname: str, addr: str, state_dir: str,
                     ns_prefix: str, dns: DnsOptions | None = None,
                     mesh_ports: tuple[int, int] = (80, 443), drain_delay: float = 1.0,
                     control_from: tuple[str, ...] | None = None,
-                    closed_node: bool = False) -> None:
+                    closed_node: bool = False, wireguard_go: str = "wireguard-go",
+                    wireguard_port: int = 51820) -> None:
     from shoal.agent import Agent
 
-    agent = Agent(manager, hostname, addr, state_dir, ns_prefix, dns, mesh_ports)
+    agent = Agent(manager, hostname, addr, state_dir, ns_prefix, dns, mesh_ports,
+                  wireguard_go, wireguard_port)
     agent.drain_delay = drain_delay
     agent.firewall.control_from = control_from
     agent.firewall.closed = closed_node

@@ -81,8 +81,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 def cmd_manager(args: argparse.Namespace) -> int:
     from shoal.cli.daemons import run_manager
+    from shoal.manager.keys import parse_interval
 
-    asyncio.run(run_manager(args.state_dir, args.socket, args.listen))
+    rotation = parse_interval(args.encryption_key_rotation)
+    asyncio.run(run_manager(args.state_dir, args.socket, args.listen, rotation))
     return 0
 
 
@@ -100,7 +102,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
                      debug=args.debug)
     asyncio.run(run_agent(args.manager, args.hostname, args.addr, args.state_dir,
                           args.ns_prefix, dns, (args.mesh_http_port, args.mesh_https_port),
-                          args.drain_delay, control_from, args.closed_node))
+                          args.drain_delay, control_from, args.closed_node, args.wireguard_go,
+                          args.wireguard_port))
     return 0
 
 
@@ -405,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     man.add_argument("--state-dir", required=True)
     man.add_argument("--socket", required=True)
     man.add_argument("--listen", required=True, help="ADDR:PORT for agents")
+    man.add_argument("--encryption-key-rotation", metavar="DURATION",
+                     default=os.environ.get("SHOAL_ENCRYPTION_KEY_ROTATION", "12h"),
+                     help="how often the encrypted overlays' preshared key is replaced "
+                          "(default 12h, at least 1m; env SHOAL_ENCRYPTION_KEY_ROTATION)")
     man.set_defaults(func=cmd_manager)
 
     ag = sub.add_parser("agent", help="run a node's agent (the lab starts it)")
@@ -439,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "default: anyone")
     ag.add_argument("--dns-max-forwards", type=int, default=256, metavar="N",
                     help="forwarded queries in flight; beyond, REFUSED (default 256)")
+    ag.add_argument("--wireguard-go", metavar="PATH",
+                    default=os.environ.get("SHOAL_WIREGUARD_GO", "wireguard-go"),
+                    help="the wireguard-go binary for encrypted overlays (env "
+                         "SHOAL_WIREGUARD_GO); without it the node carries none of them")
+    ag.add_argument("--wireguard-port", type=int, default=51820, metavar="PORT",
+                    help="UDP port of the node's WireGuard interface (default 51820)")
     ag.set_defaults(func=cmd_agent)
 
     node = sub.add_parser("node", help="cluster nodes")

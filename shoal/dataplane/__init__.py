@@ -24,10 +24,16 @@ How it works:
   networks apart, lets in from outside only published and mesh ports (VXLAN and the control
   plane from cluster peers only) and masquerades egress. See docs/isolation.md.
 
+- Encrypted networks: their VXLAN device uses the node's tunnel address and port 4790, FDB
+  entries point at the peers' tunnel addresses, MTU 80 smaller; the node's one wireguard-go
+  interface (wireguard.py, configured over UAPI by wg_uapi.py) carries it. A node that cannot
+  encrypt builds no encrypted network. See docs/encryption.md.
+
 Files: names.py (every name), plan.py (pure), namespaces.py (netns), links.py (netlink reads
 and writes, errors -> KernelError), networks.py (bridges, VXLAN, FDB, ARP), tasks.py (task
 namespaces and veths), gateway.py (egress addresses), overlay.py (the Dataplane object),
-firewall.py (the node filter), lb.py and ingress.py (nft), __main__.py (JSON-lines driver).
+firewall.py (the node filter), lb.py and ingress.py (nft), wireguard.py and wg_uapi.py
+(encrypted overlays), __main__.py (JSON-lines driver).
 """
 
 from shoal.dataplane.overlay import Dataplane

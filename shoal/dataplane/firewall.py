@@ -4,15 +4,23 @@ masquerade of task egress. In the node's namespace, next to ingress.py's DNAT ta
     table inet shoal_filter
       set peers        the cluster's node addresses (the view's peers and the manager)
       set published    every published port, proto . port
-      chain input      filter input:   from the underlay -> from_outside; from tasks -> from_tasks
+      chain input      filter input:   from the WireGuard interface -> from_tunnel; cleartext
+                       VXLAN of encrypted networks (their port, or their VNIs on the plain
+                       port) from anywhere else: dropped; from the underlay -> from_outside;
+                       from tasks -> from_tasks
+      chain from_tunnel    decrypted traffic: the encrypted networks' VXLAN, ICMP errors. Drop.
       chain from_outside   established, ICMP errors, published ports, the HTTP mesh ports;
-                       from peers only: VXLAN, the control plane (on the manager's node). Drop.
+                       from peers only: VXLAN, WireGuard, the control plane (on the manager's
+                       node). Drop.
       chain from_tasks     established, ICMP errors, published ports, the HTTP mesh ports. Drop.
                        (a task may not call the node's control plane nor inject VXLAN into it)
       chain forward    filter forward: established; DNATed by ingress.py (published ports);
                        within one overlay bridge (bridged traffic, seen here when br_netfilter
                        is loaded); gateway -> underlay via `egress`. Anything else from or to
                        a shoal interface is dropped: no route joins two networks on the node.
+      chain output     encrypted networks' VXLAN (udp/4790) leaves only into the WireGuard
+                       interface: if wireguard-go is gone, its route is too, and on a host
+                       with a default route the packets would otherwise leave in cleartext.
       chain egress     task egress may not reach a peer's VXLAN or control port: masqueraded
                        to this node's address it would pass there as a cluster peer.
       chain postrouting  nat: gateway addresses masqueraded wherever they leave the bridge.
@@ -66,6 +74,8 @@ class Policy:
     ingress_subnet: str | None
     node_ingress: tuple[str, ...]  # every node's ingress address, sorted
     closed: bool = False  # drop everything else arriving on the underlay (dedicated nodes)
+    wireguard: tuple[str, int] | None = None  # (interface, port) while the node can encrypt
+    encrypted_vnis: tuple[int, ...] = ()  # VNIs of the encrypted networks in the view
 
 
 def split_hostport(addr: str) -> tuple[str, int] | None:
@@ -94,7 +104,8 @@ def parse_sources(items: list[str]) -> tuple[str, ...]:
 
 
 def render(view: NodeView, underlay: str, manager: str | None, mesh_ports: tuple[int, ...],
-           control_from: tuple[str, ...] | None = None, closed: bool = False) -> Policy:
+           control_from: tuple[str, ...] | None = None, closed: bool = False,
+           wireguard: tuple[str, int] | None = None) -> Policy:
     """The node's policy. `manager` is the agent's ADDR:PORT for it; `control_from` the
     addresses (CIDR, range) of nodes that may still join, beyond the known peers."""
     node_addr = view["node"]["addr"]
@@ -120,6 +131,9 @@ def render(view: NodeView, underlay: str, manager: str | None, mesh_ports: tuple
         ingress_subnet=ingress["subnet"] if ingress else None,
         node_ingress=tuple(sorted((a for a in node_ingress if a), key=ipaddress.IPv4Address)),
         closed=closed,
+        wireguard=wireguard,
+        encrypted_vnis=tuple(sorted(n["vni"] for n in view["networks"].values()
+                                    if n.get("encrypted"))),
     )
 
 
@@ -154,15 +168,44 @@ def _rest_of_outside(p: Policy) -> list[str]:
     if p.closed:
         return ["counter drop"]
     rules = [f"udp dport {names.VXLAN_PORT} counter drop"]
+    if p.wireguard is not None:
+        rules.append(f"udp dport {p.wireguard[1]} counter drop")
     if p.control_port is not None:
         rules.append(f"tcp dport {p.control_port} counter drop")
     return rules
+
+
+def _cleartext_guard(p: Policy) -> list[str]:
+    """Encrypted networks' VXLAN is only ever taken from the WireGuard interface. The kernel's
+    VXLAN socket takes a packet from any source on any interface, so without these rules a
+    cleartext packet sent to port 4790 (even by a peer) would be delivered. Their VNIs on the
+    plain port reach no device (a VNI is looked up per port), and are dropped here too, so
+    that this does not rest on a kernel detail. Always present: even a node that cannot
+    encrypt refuses cleartext for those VNIs."""
+    rules = []
+    if p.wireguard is not None:
+        rules.append(f'iifname "{p.wireguard[0]}" goto from_tunnel')
+    rules.append(f"udp dport {names.ENCRYPTED_VXLAN_PORT} counter drop")
+    if p.encrypted_vnis:
+        vnis = ", ".join(map(str, p.encrypted_vnis))
+        # The VNI: bytes 4-6 of the VXLAN header, which follows the 8-byte UDP header.
+        rules.append(f"udp dport {names.VXLAN_PORT} @th,96,24 {{ {vnis} }} counter drop")
+    return rules
+
+
+def _tunnel_only(p: Policy) -> str:
+    """Fail closed on the way out as well: encrypted VXLAN never leaves in the clear."""
+    if p.wireguard is None:
+        return f"udp dport {names.ENCRYPTED_VXLAN_PORT} counter drop"
+    return f'udp dport {names.ENCRYPTED_VXLAN_PORT} oifname != "{p.wireguard[0]}" counter drop'
 
 
 def script(p: Policy) -> str:
     """The whole of both tables, replacing what was there, as one transaction."""
     gw, up = gateway.BRIDGE, p.underlay
     outside = _open_ports(p) + [f"ip saddr @peers udp dport {names.VXLAN_PORT} accept"]
+    if p.wireguard is not None:
+        outside.append(f"ip saddr @peers udp dport {p.wireguard[1]} accept")
     if p.control_port is not None:
         outside.append(f"ip saddr @peers tcp dport {p.control_port} accept")
         if p.control_from is None:
@@ -177,7 +220,10 @@ def script(p: Policy) -> str:
     forward += [f'iifname "{gw}" oifname "{up}" goto egress', f'iifname "{gw}" drop',
                 f'iifname "{names.BRIDGE_PREFIX}*" drop', f'oifname "{gw}" drop',
                 f'oifname "{names.BRIDGE_PREFIX}*" drop']
-    egress = [f"ip daddr @peers udp dport {names.VXLAN_PORT} drop"]
+    egress = [f"ip daddr @peers udp dport {{ {names.VXLAN_PORT}, "
+              f"{names.ENCRYPTED_VXLAN_PORT} }} drop"]
+    if p.wireguard is not None:
+        egress.append(f"ip daddr @peers udp dport {p.wireguard[1]} drop")
     if p.manager_port is not None:
         egress.append(f"ip daddr @peers tcp dport {p.manager_port} drop")
     lines = [
@@ -185,12 +231,19 @@ def script(p: Policy) -> str:
         *_set("peers", "ipv4_addr", list(p.peers)),
         *_set("published", "inet_proto . inet_service",
               [f"{proto} . {port}" for proto, port in p.published]),
-        *_chain("input", [f'iifname "{up}" goto from_outside', f'iifname "{gw}" goto from_tasks',
+        *_chain("input", [*_cleartext_guard(p), f'iifname "{up}" goto from_outside',
+                          f'iifname "{gw}" goto from_tasks',
                           f'iifname "{names.BRIDGE_PREFIX}*" goto from_tasks'],
                 "type filter hook input priority filter; policy accept;"),
+        *(_chain("from_tunnel", [f"udp dport {names.ENCRYPTED_VXLAN_PORT} accept",
+                                 "ct state established,related accept",
+                                 f"icmp type {{ {ICMP_ERRORS} }} accept", "counter drop"])
+          if p.wireguard is not None else []),
         *_chain("from_outside", [*outside, *_rest_of_outside(p)]),
         *_chain("from_tasks", [*_open_ports(p), "counter drop"]),
         *_chain("forward", forward, "type filter hook forward priority filter; policy accept;"),
+        *_chain("output", [_tunnel_only(p)],
+                "type filter hook output priority filter; policy accept;"),
         *_chain("egress", [*egress, "accept"]),
         *_chain("postrouting", [f'ip saddr {gateway.NETWORK} oifname != "{gw}" masquerade'],
                 "type nat hook postrouting priority srcnat; policy accept;"),
@@ -234,6 +287,7 @@ class Firewall:
         self.mesh_ports = mesh_ports
         self.control_from: tuple[str, ...] | None = None  # None: any node may join
         self.closed = False  # see Policy.closed
+        self.wireguard: tuple[str, int] | None = None  # (interface, port): set by the agent
         self._underlay: str | None = None
         self._nft: Nft | None = None
         self._programmed: Policy | None = None
@@ -244,7 +298,7 @@ class Firewall:
         if self._underlay is None or force:
             self._underlay = underlay_ifname(self.addr)
         wanted = render(view, self._underlay, self.manager, self.mesh_ports, self.control_from,
-                        self.closed)
+                        self.closed, self.wireguard)
         if wanted == self._programmed and not force:
             return False
         if self._nft is None:

@@ -37,7 +37,7 @@ class Link:
     mac: str | None
     peer_index: int | None  # IFLA_LINK: for a veth, its peer's index (in the peer's namespace)
     alias: str | None
-    vxlan: dict[str, Any]  # for a VXLAN device: id, local, port, learning, proxy
+    vxlan: dict[str, Any]  # for a VXLAN device: id, local, port, learning, proxy, udp_csum
     isolated: bool = False  # a bridge port that forwards to non-isolated ports only
 
 
@@ -45,7 +45,7 @@ def _link(msg: Any) -> Link:
     vxlan: dict[str, Any] = {}
     kind = msg.get(("linkinfo", "kind"))
     if kind == "vxlan":
-        for key in ("id", "local", "port", "learning", "proxy"):
+        for key in ("id", "local", "port", "learning", "proxy", "udp_csum"):
             vxlan[key] = msg.get(("linkinfo", "data", f"vxlan_{key}"))
     return Link(
         index=msg["index"],
@@ -149,10 +149,13 @@ class Netlink:
         self._write(f"create bridge {name}", self.ipr.link, "add", ifname=name, kind="bridge",
                     mtu=mtu, state="up")
 
-    def add_vxlan(self, name: str, vni: int, local: str, mtu: int, master: int) -> None:
-        self._write(f"create vxlan {name} (vni {vni}, local {local})", self.ipr.link, "add",
+    def add_vxlan(self, name: str, vni: int, local: str, mtu: int, master: int,
+                  port: int = names.VXLAN_PORT, checksum: bool = True) -> None:
+        extra = {} if checksum else {"vxlan_udp_csum": 0}
+        self._write(f"create vxlan {name} (vni {vni}, local {local}, port {port})",
+                    self.ipr.link, "add", **extra,
                     ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local,
-                    vxlan_port=names.VXLAN_PORT, vxlan_learning=0, vxlan_proxy=1, mtu=mtu,
+                    vxlan_port=port, vxlan_learning=0, vxlan_proxy=1, mtu=mtu,
                     master=master, state="up")
 
     def add_veth(self, name: str, peer: str, peer_mac: str, peer_netns_fd: int, mtu: int,

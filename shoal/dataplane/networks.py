@@ -10,11 +10,12 @@ from __future__ import annotations
 from shoal.dataplane import gateway, names
 from shoal.dataplane.links import NUD_PERMANENT, Link, Netlink
 from shoal.dataplane.plan import (
+    Vxlan,
     fdb_by_vni,
     neigh_by_vni,
     plan_fdb,
-    plan_networks,
     plan_node_addrs,
+    plan_vxlan,
 )
 from shoal.errors import KernelError
 from shoal.model.view import NodeView
@@ -29,8 +30,11 @@ def _ours(links: dict[str, Link], prefix: str, kind: str) -> dict[int, Link]:
     return out
 
 
-def sync_networks(nl: Netlink, view: NodeView, node_id: str, local_addr: str, mtu: int) -> None:
-    wanted = plan_networks(view)
+def sync_networks(nl: Netlink, view: NodeView, node_id: str, local_addr: str, mtu: int,
+                  tunnel_addr: str | None = None) -> None:
+    """`tunnel_addr`: this node's WireGuard tunnel address, None when it cannot encrypt (its
+    encrypted networks are then not built: see plan.plan_vxlan)."""
+    wanted = plan_vxlan(view, local_addr, tunnel_addr, mtu)
     links = nl.links()
     bridges = _ours(links, names.BRIDGE_PREFIX, "bridge")
     vxlans = _ours(links, names.VXLAN_PREFIX, "vxlan")
@@ -47,8 +51,8 @@ def sync_networks(nl: Netlink, view: NodeView, node_id: str, local_addr: str, mt
     node_addrs = plan_node_addrs(view)
     have_addrs = nl.addrs()
     for vni in sorted(wanted):
-        bridge = _ensure_bridge(nl, links, vni, mtu)
-        devices[vni] = _ensure_vxlan(nl, links, vni, local_addr, mtu, bridge)
+        bridge = _ensure_bridge(nl, links, vni, wanted[vni].mtu)
+        devices[vni] = _ensure_vxlan(nl, links, vni, wanted[vni], bridge)
         _ensure_node_addr(nl, bridge, node_addrs.get(vni), have_addrs.get(bridge.index, set()))
 
     entries = plan_fdb(view, node_id)
@@ -70,16 +74,20 @@ def _ensure_bridge(nl: Netlink, links: dict[str, Link], vni: int, mtu: int) -> L
     return link
 
 
-def _ensure_vxlan(nl: Netlink, links: dict[str, Link], vni: int, local: str, mtu: int,
+def _ensure_vxlan(nl: Netlink, links: dict[str, Link], vni: int, spec: Vxlan,
                   bridge: Link) -> Link:
     name = names.vxlan_name(vni)
     link = links.get(name)
-    want = {"id": vni, "local": local, "port": names.VXLAN_PORT, "learning": 0, "proxy": 1}
-    if link is not None and (link.kind != "vxlan" or link.vxlan != want):
+    local, mtu = spec.local, spec.mtu
+    want = {"id": vni, "local": local, "port": spec.port, "learning": 0, "proxy": 1}
+    if not spec.checksum:
+        want["udp_csum"] = 0  # only then: plain networks keep the kernel's default
+    if link is not None and (link.kind != "vxlan"
+                             or {k: link.vxlan.get(k) for k in want} != want):
         nl.del_link(link)  # VXLAN parameters cannot be changed in place
         link = None
     if link is None:
-        nl.add_vxlan(name, vni, local, mtu, bridge.index)
+        nl.add_vxlan(name, vni, local, mtu, bridge.index, spec.port, spec.checksum)
         return _must(nl, name)
     if link.master != bridge.index or link.mtu != mtu or not link.up:
         nl.set_link(link, master=bridge.index, mtu=mtu, state="up")
@@ -172,6 +180,13 @@ def sync_gateway(nl: Netlink, wanted: bool, mtu: int) -> None:
         nl.addr_del(link, ip, prefixlen)
     if (gateway.ADDR, gateway.PREFIXLEN) not in have:
         nl.addr_add(link, gateway.ADDR, gateway.PREFIXLEN)
+
+
+def remove_vxlans(nl: Netlink, port: int) -> None:
+    """The VXLAN devices on UDP port `port` (the encrypted networks': ENCRYPTED_VXLAN_PORT)."""
+    for link in _ours(nl.links(), names.VXLAN_PREFIX, "vxlan").values():
+        if link.vxlan.get("port") == port:
+            nl.del_link(link)
 
 
 def remove_all(nl: Netlink) -> None:

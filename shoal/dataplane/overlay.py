@@ -29,6 +29,9 @@ class Dataplane:
         self.ns_prefix = ns_prefix
         self.mtu = mtu
         self.last_changes = 0  # kernel writes made by the last call: 0 means it was a no-op
+        # This node's WireGuard tunnel address while it can encrypt (set by the agent); None:
+        # encrypted networks are not built here (fail closed).
+        self.tunnel_addr: str | None = None
         self._synced: object = None  # the plan last programmed by sync
         self._gateway_addrs = gateway.Addresses()  # task id -> its node-local egress address
         # The worker thread is started from this thread, so it is in the node namespace too.
@@ -69,18 +72,28 @@ class Dataplane:
 
         Reading the kernel back costs about 20 ms with 10 tasks a node, so a view that renders
         to what was last programmed is skipped; `force` re-reads and repairs drift."""
-        wanted = (plan.plan_networks(view), plan.plan_fdb(view, self.node_id),
-                  plan.plan_node_addrs(view), gateway.needed(view))
+        wanted = (plan.plan_vxlan(view, self.underlay_addr, self.tunnel_addr, self.mtu),
+                  plan.plan_fdb(view, self.node_id), plan.plan_node_addrs(view),
+                  gateway.needed(view))
         if not force and wanted == self._synced:
             self.last_changes = 0
             return
         self._synced = None
 
         def call(nl: Netlink) -> None:
-            networks.sync_networks(nl, view, self.node_id, self.underlay_addr, self.mtu)
+            networks.sync_networks(nl, view, self.node_id, self.underlay_addr, self.mtu,
+                                   self.tunnel_addr)
             networks.sync_gateway(nl, gateway.needed(view), self.mtu + gateway.VXLAN_OVERHEAD)
         self._counted(call)
         self._synced = wanted
+
+    def drop_encrypted(self) -> None:
+        """Delete the encrypted networks' VXLAN devices; the next sync makes them again.
+        For after wireguard-go restarted: a VXLAN device whose local address went away with
+        the old interface drops every packet it is given, even once the address is back
+        (seen on kernel 6.18; a new device works at once)."""
+        self._synced = None
+        self._counted(lambda nl: networks.remove_vxlans(nl, names.ENCRYPTED_VXLAN_PORT))
 
     def netns_name(self, task_id: str) -> str:
         return names.netns_name(self.ns_prefix, task_id)

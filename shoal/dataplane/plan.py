@@ -33,11 +33,40 @@ class TaskLink:
     ip: str
     prefixlen: int
     isolated: bool = False  # a port that may talk to the node only (the gateway bridge)
+    encrypted: bool = False  # on an encrypted network: a smaller MTU (WireGuard's header)
 
 
-def plan_networks(view: NodeView) -> dict[int, str]:
-    """VNI -> network id of every network this node must carry."""
-    return {net["vni"]: net_id for net_id, net in view["networks"].items()}
+class Vxlan(NamedTuple):
+    """How one network's VXLAN device is made: its local address, UDP port and MTU."""
+
+    local: str
+    port: int
+    mtu: int
+    # The outer UDP checksum. Off inside WireGuard, which authenticates every packet anyway:
+    # the TUN device has no checksum offload, so it would cost a software pass per packet.
+    checksum: bool = True
+
+
+def plan_networks(view: NodeView, tunnel_addr: str | None = None) -> dict[int, str]:
+    """VNI -> network id of every network this node must carry. An encrypted network only
+    when this node can encrypt (`tunnel_addr`): it is never carried in cleartext."""
+    return {net["vni"]: net_id for net_id, net in view["networks"].items()
+            if tunnel_addr or not net.get("encrypted")}
+
+
+def plan_vxlan(view: NodeView, underlay: str, tunnel_addr: str | None,
+               mtu: int) -> dict[int, Vxlan]:
+    """VNI -> its VXLAN device. An encrypted network's runs between tunnel addresses on a
+    port of its own, so it is routed through the WireGuard interface, and its MTU leaves room
+    for WireGuard's header as well (nothing fragments)."""
+    out = {}
+    for net in view["networks"].values():
+        if not net.get("encrypted"):
+            out[net["vni"]] = Vxlan(underlay, names.VXLAN_PORT, mtu)
+        elif tunnel_addr:
+            out[net["vni"]] = Vxlan(tunnel_addr, names.ENCRYPTED_VXLAN_PORT,
+                                    mtu - names.WIREGUARD_OVERHEAD, checksum=False)
+    return out
 
 
 def plan_fdb(view: NodeView, node_id: str) -> set[FdbEntry]:
@@ -55,7 +84,11 @@ def plan_fdb(view: NodeView, node_id: str) -> set[FdbEntry]:
             net = view["networks"].get(net_id)
             if net is None:
                 continue
-            out.add(FdbEntry(net["vni"], att["mac"].lower(), att["ip"], peer["addr"]))
+            # An encrypted network's frames go to the peer's tunnel address (through
+            # WireGuard), never to its underlay address; none known: not sent at all.
+            dst = peer.get("tunnel_addr") if net.get("encrypted") else peer["addr"]
+            if dst:
+                out.add(FdbEntry(net["vni"], att["mac"].lower(), att["ip"], dst))
     # On the ingress network every node has an address of its own (on its bridge), which
     # tasks elsewhere answer through when a published port was forwarded by that node.
     ingress = next((n for n in view["networks"].values() if n.get("ingress")), None)
@@ -203,5 +236,6 @@ def plan_task_links(task: TaskEntry, view: NodeView) -> list[TaskLink]:
             mac=att["mac"].lower(),
             ip=att["ip"],
             prefixlen=att["prefixlen"],
+            encrypted=bool(net.get("encrypted")),
         ))
     return links

@@ -111,8 +111,11 @@ def _sync_routes(inner: Netlink, routes: list[ReplyRoute]) -> None:
 
 
 def _mtu(tl: TaskLink, overlay_mtu: int) -> int:
-    """Overlay veths lose 50 bytes to VXLAN; the gateway veth is routed out of the underlay."""
-    return overlay_mtu + gateway.VXLAN_OVERHEAD if tl.bridge == gateway.BRIDGE else overlay_mtu
+    """Overlay veths lose 50 bytes to VXLAN, and on an encrypted network 80 more to
+    WireGuard; the gateway veth is routed out of the underlay."""
+    if tl.bridge == gateway.BRIDGE:
+        return overlay_mtu + gateway.VXLAN_OVERHEAD
+    return overlay_mtu - names.WIREGUARD_OVERHEAD if tl.encrypted else overlay_mtu
 
 
 def _sync_task(node: Netlink, inner: Netlink, fd: int, plan: list[TaskLink],

@@ -1,9 +1,9 @@
 """The manager: the store, the controllers that act on it, and the sessions with the agents.
 
 Controllers never call each other: each reads the store and writes its own transactions. One
-loop runs them in a fixed order (orchestrator, allocator, scheduler) until a pass writes
-nothing, then the dispatcher pushes the settled state to the agents once, so a burst of changes
-costs one view update per node.
+loop runs them in a fixed order (orchestrator, allocator, scheduler, and keys.py's rotator of
+the encrypted overlays' preshared key) until a pass writes nothing, then the dispatcher pushes
+the settled state to the agents once, so a burst of changes costs one view update per node.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from shoal.manager.allocator import Allocator
 from shoal.manager.audit import AuditLog
 from shoal.manager.control import Control
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.keys import DEFAULT_INTERVAL, KeyRotator
 from shoal.manager.orchestrator import Orchestrator
 from shoal.manager.scheduler import Scheduler
 from shoal.manager.security import ClusterSecurity
@@ -31,7 +32,8 @@ PUSH_MIN_INTERVAL = 0.01
 
 class Manager:
     def __init__(self, store: BaseStore, advertise: str,
-                 security: ClusterSecurity | None = None, audit: AuditLog | None = None) -> None:
+                 security: ClusterSecurity | None = None, audit: AuditLog | None = None,
+                 key_rotation: float = DEFAULT_INTERVAL) -> None:
         self.store = store
         self.security = security  # the cluster CA; None only in tests of the controllers
         self.audit = audit
@@ -52,6 +54,7 @@ class Manager:
             security.on_role_change = self.dispatcher.ask_renew
             security.on_renew = self.dispatcher.renewed
             security.manager_status = self.dispatcher.manager_status
+        self.keys = KeyRotator(store, key_rotation, self._wake_at)  # encrypted overlays' PSK
         self._watch = store.watch()
         self._wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -66,8 +69,9 @@ class Manager:
     def _wake_at(self, when: float) -> None:
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # driven by hand (tests call settle() themselves)
-            return
+        except RuntimeError:
+            return  # settle() called outside the loop (unit tests): nothing to wake
+
         delay = max(0.0, when - time.monotonic())
         if self._timer is None or self._timer.when() > loop.time() + delay:
             if self._timer is not None:
@@ -111,6 +115,7 @@ class Manager:
                 self.orchestrator.tick()
                 self.allocator.tick(self.store)
                 self.scheduler.tick()
+                self.keys.tick()
             except Exception:
                 log.exception("controller pass failed; retrying on the next change")
                 return

@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 
 from shoal import ca
 from shoal.errors import InvalidArgument
+from shoal.manager import encryption, keys
 from shoal.manager.allocator import ingress_network, network_vni, publishes
 from shoal.model import view as nv
 from shoal.model.objects import TERMINAL, Obj, new_id, new_node, now, state_index, task_command
@@ -76,8 +77,11 @@ def _ingress_addr(node: Obj, ingress: Obj | None) -> str:
 
 
 def _peer(node: Obj, ingress: Obj | None) -> nv.PeerEntry:
+    enc = encryption.of(node)
     return {"id": node["ID"], "name": node["Description"]["Hostname"],
-            "addr": node["Status"]["Addr"], "ingress_addr": _ingress_addr(node, ingress)}
+            "addr": node["Status"]["Addr"], "ingress_addr": _ingress_addr(node, ingress),
+            "wg_key": enc.get("PublicKey", "") if enc.get("Ready") else "",
+            "wg_port": int(enc.get("Port") or 0), "tunnel_addr": enc.get("TunnelAddr", "")}
 
 
 def on_node(task: Obj) -> bool:
@@ -130,6 +134,11 @@ class ViewIndex:
         self.revision = store.revision
         self.ingress = ingress_network(store)
         self.nodes = {n["ID"]: n for n in store.peek("node")}
+        cluster = next(iter(store.peek("cluster")), None)
+        key = keys.of(cluster) if cluster is not None else {}
+        self.psk: nv.KeyEntry | None = {"id": "psk", "key": key["Key"],
+                                        "generation": int(key["Generation"])} \
+            if key.get("Key") else None
         self.networks = {n["ID"]: _network_entry(n) for n in store.peek("network")}
         services = {s["ID"]: s for s in store.peek("service")}
         self.names = {sid: s["Spec"]["Name"] for sid, s in services.items()}
@@ -209,6 +218,8 @@ class ViewIndex:
             peer = self.nodes.get(peer_id)
             if peer is not None:
                 view["peers"][peer_id] = _peer(peer, self.ingress)
+        if self.psk is not None and any(n["encrypted"] for n in networks.values()):
+            view["keys"]["psk"] = self.psk
         return view
 
 
@@ -300,6 +311,8 @@ class Dispatcher:
                 data = msg.json()
                 if data.get("type") == "status":
                     self._report(node_id, data.get("tasks", []))
+                elif data.get("type") == "encryption":
+                    self._encryption(node_id, data.get("encryption"))
                 elif data.get("type") == "reply":
                     fut = session.replies.pop(data.get("id"), None)
                     if fut is not None and not fut.done():
@@ -334,6 +347,8 @@ class Dispatcher:
             node["Description"]["Hostname"] = str(msg.get("hostname", ""))
             node["Description"]["Resources"] = msg.get("resources") or {}
             node["Status"] = {"State": "ready", "Addr": addr}
+            encryption.set_record(node, encryption.record(node, msg.get("encryption"),
+                                                          list(self.store.peek("node"))))
             node["ManagerStatus"] = self.manager_status(node)
             if not node["ManagerStatus"]:
                 del node["ManagerStatus"]
@@ -351,6 +366,16 @@ class Dispatcher:
         port = self.manager_addr.rpartition(":")[2]
         return {"Leader": leader, "Reachability": "reachable" if leader else "unreachable",
                 "Addr": self.manager_addr if leader else f"{node['Status'].get('Addr')}:{port}"}
+
+    def _encryption(self, node_id: str, report: Any) -> None:
+        """The agent's encryption changed (wireguard-go died or came back)."""
+        with self.store.tx() as tx:
+            node = tx.get("node", node_id)
+            if node is not None:
+                rec = encryption.record(node, report, list(self.store.peek("node")))
+                if rec != encryption.of(node):
+                    encryption.set_record(node, rec)
+                    tx.update("node", node)
 
     def _mark_down(self, node_id: str) -> None:
         self._down_timers.pop(node_id, None)

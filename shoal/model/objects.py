@@ -117,7 +117,9 @@ def network_resource(net: Obj) -> Obj:
         "Internal": bool(spec.get("Internal")), "Attachable": bool(spec.get("Attachable")),
         "Ingress": bool(spec.get("Ingress")), "ConfigFrom": {"Network": ""},
         "ConfigOnly": False, "Containers": {},
-        "Options": dict(net.get("DriverState", {}).get("Options", {})),
+        # What the user asked for (encrypted) and what was allocated (the VNI), as Docker.
+        "Options": {**spec.get("DriverConfiguration", {}).get("Options", {}),
+                    **net.get("DriverState", {}).get("Options", {})},
         "Labels": dict(spec.get("Labels") or {}),
     }
 

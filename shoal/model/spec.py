@@ -171,10 +171,11 @@ def network_request(body: Any) -> Obj:
     if driver != "overlay":
         raise InvalidArgument(f"driver {driver!r} is not supported: shoal networks are overlay")
     options = _labels(body.get("Options"), "Options")
-    if "encrypted" in options:
-        # Never hand out cleartext where encryption was asked for (CVE-2023-28840).
-        raise InvalidArgument("encrypted overlays are not supported yet: refusing rather than "
-                              "carrying this network in cleartext")
+    if "encrypted" in options and options["encrypted"].lower() in ("false", "0", "no"):
+        # Docker takes the key's presence as the request; a value that reads as "no" is
+        # more likely a mistake than a wish for cleartext: refuse rather than guess.
+        raise InvalidArgument(f"option encrypted={options['encrypted']!r}: give `encrypted` "
+                              "(or encrypted=true) for an encrypted network, or leave it out")
     if body.get("Ingress"):
         raise InvalidArgument("ingress networks are not supported yet (they come with the "
                               "routing mesh)")

@@ -112,11 +112,32 @@ async def test_stale_version_on_update_is_refused(api):
     assert r.status == 409 and "out of sequence" in (await r.json())["message"]
 
 
-async def test_encrypted_is_refused_rather_than_cleartext(api):
-    before = counts(api)
+async def test_encrypted_network_is_made_and_inspect_says_why_nodes_cannot_carry_it(api):
     code, body = await make_network(api, Options={"encrypted": ""})
+    assert code == 201
+    net = await (await api.get(f"/networks/{body['Id']}")).json()
+    assert net["Options"]["encrypted"] == ""
+    nodes = net["Encryption"]["Nodes"]
+    # These nodes registered without an encryption report: not ready, and inspect says why.
+    assert [(n["Name"], n["Ready"], n["Carrying"]) for n in nodes] == [
+        ("node1", False, False), ("node2", False, False)]
+    assert all("not reported" in n["Error"] for n in nodes)
+
+
+async def test_encrypted_false_is_refused_rather_than_guessed(api):
+    before = counts(api)
+    code, body = await make_network(api, Options={"encrypted": "false"})
     assert code == 400 and "encrypted" in body["message"]
     assert counts(api) == before
+
+
+async def test_the_api_never_shows_the_preshared_key(api):
+    api.manager.settle()
+    cluster = api.manager.cluster
+    assert cluster["Shoal"]["Encryption"]["Key"]
+    for path in ("/swarm", "/info"):
+        assert "Key" not in json.dumps(await (await api.get(path)).json()).replace(
+            "PublicKey", "")
 
 
 async def test_network_in_use_cannot_be_removed(api):

@@ -73,6 +73,7 @@ table inet shoal_filter {
   }
   chain input {
     type filter hook input priority filter; policy accept;
+    udp dport 4790 counter drop
     iifname "eth0" goto from_outside
     iifname "shgw0" goto from_tasks
     iifname "shbr*" goto from_tasks
@@ -110,8 +111,12 @@ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
     oifname "shgw0" drop
     oifname "shbr*" drop
   }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    udp dport 4790 counter drop
+  }
   chain egress {
-    ip daddr @peers udp dport 4789 drop
+    ip daddr @peers udp dport { 4789, 4790 } drop
     ip daddr @peers tcp dport 2377 drop
     accept
   }
