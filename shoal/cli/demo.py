@@ -89,16 +89,13 @@ def _isolation(up: object, client: Client, env: dict[str, str], web_addr: str) -
         client.find("network", "othernet")
     except ShoalError:
         _run(["shoal", "network", "create", "othernet"], env)
-    try:
-        client.request("DELETE", "/services/probe")
-    except ShoalError:
-        pass
     _run(["shoal", "service", "create", "--name", "probe", "--network", "othernet", "--",
           "sleep", "infinity"], env)
     _wait_running(client, "probe", 1)
     _run(["shoal", "exec", "probe.1", "--", "curl", "-sS", "--max-time", "2",
           f"http://{web_addr}/"], env, check=False)
-    print("(dropped: networks exchange no packet, on one node or across nodes)")
+    print("(no way there: a task has routes to its own networks only, and every node drops a "
+          "packet between networks, even one routed by hand)")
     _run(["shoal", "exec", "probe.1", "--", "dig", "+short", "+tcp", "@198.18.0.2",
           "www.outside.test"], env, check=False)
     print("(egress to the outside goes through the node, masqueraded; --internal has none)")
@@ -129,7 +126,7 @@ def _control_plane(up: object, env: dict[str, str]) -> None:
     _run(["shoal", "audit"], env)
 
 
-def _encryption(client: Client, env: dict[str, str]) -> None:
+def _encryption(client: Client, env: dict[str, str]) -> str:
     _say("An encrypted network: its VXLAN rides inside WireGuard (wireguard-go on every node)")
     try:
         client.find("network", "secnet")
@@ -158,6 +155,27 @@ def _encryption(client: Client, env: dict[str, str]) -> None:
                                              f"cannot encrypt: {node['Error']}")
         print(f"  {node['Name']}: {state}, tunnel {node['TunnelAddr']}"
               + (f", peers: {peers}" if peers else ", no task on secnet"))
+    return addr
+
+
+def _sniff(up: object, client: Client, env: dict[str, str], plain_addr: str,
+           secret_addr: str) -> None:
+    _say("What the underlay carries: the same request over appnet and over secnet")
+    for net, task, addr in (("appnet", "web.1", plain_addr), ("secnet", "secret.1",
+                                                               secret_addr)):
+        marker = f"demo-marker-{net}"
+        print(f"$ ip netns exec {up.switch_netns} tcpdump -i any -A udp &  # on the switch"  # type: ignore
+              f"\n$ shoal exec {task} -- curl -s http://{addr}/{marker}")
+        sniff = subprocess.Popen(["ip", "netns", "exec", up.switch_netns,  # type: ignore
+                                  "timeout", "3", "tcpdump", "-i", "any", "-l", "-A", "udp"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        subprocess.run([sys.executable, "-m", "shoal", "exec", task, "--", "curl", "-s",
+                        "-o", "/dev/null", f"http://{addr}/{marker}"], env=env,
+                       capture_output=True, timeout=30)
+        seen = sniff.communicate(timeout=10)[0].decode(errors="replace")
+        print(f"(the path {marker} {'IS' if marker in seen else 'is NOT'} readable on the "
+              f"wire over {net})")
 
 
 def run_demo(name: str, nodes: int) -> int:
@@ -168,7 +186,7 @@ def run_demo(name: str, nodes: int) -> int:
     up = lab.lab_up(name, nodes)
     env = {**os.environ, "DOCKER_HOST": up.docker_host}
     client = Client(up.docker_host)
-    for svc in ("web", "app", "secret"):
+    for svc in ("web", "app", "probe", "secret"):
         try:
             client.request("DELETE", f"/services/{svc}")
         except ShoalError:
@@ -239,7 +257,11 @@ def run_demo(name: str, nodes: int) -> int:
 
     _isolation(up, client, env, addr)
     _control_plane(up, env)
-    _encryption(client, env)
+    secret_addr = _encryption(client, env)
+    plain = next(t for t in client.get("/tasks", filters=json.dumps(
+        {"service": ["web"], "desired-state": ["running"]})) if t["NodeID"] != first["NodeID"])
+    _sniff(up, client, env, plain["NetworksAttachments"][0]["Addresses"][0].split("/")[0],
+           secret_addr)
 
     _say("Scaling: 6 -> 2, and the tasks, namespaces and veths of slots 3-6 go away")
     _run(["shoal", "service", "scale", "web=2"], env)
@@ -261,7 +283,8 @@ def run_demo(name: str, nodes: int) -> int:
 - the HTTP routing mesh sending a Host header to its service from any node
 - networks isolated from each other, egress through the node, nothing open to the outside
 - mutual TLS between every node and the manager, a viewer refused a change, the audit log
-- an encrypted network: its VXLAN inside WireGuard, per-node status in network inspect
+- an encrypted network: its VXLAN inside WireGuard, per-node status in network inspect,
+  and a capture on the underlay that reads appnet's request but not secnet's
 - scaling down, with the removed tasks' namespaces cleaned up
 
 The lab is still up. Try:
