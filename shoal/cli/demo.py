@@ -83,12 +83,18 @@ def _wait_running(client: Client, service: str, count: int, timeout: float = 30.
     raise ShoalError(f"{service} did not reach {count} running tasks in {timeout:.0f}s")
 
 
+def _network(client: Client, env: dict[str, str], name: str, *opts: str) -> None:
+    """Create the network unless a previous demo run left it."""
+    try:
+        client.find("network", name)
+        print(f"({name} already exists)")
+    except ShoalError:
+        _run(["shoal", "network", "create", *opts, name], env)
+
+
 def _isolation(up: object, client: Client, env: dict[str, str], web_addr: str) -> None:
     _say("Isolation: a task on another network cannot reach appnet, even by address")
-    try:
-        client.find("network", "othernet")
-    except ShoalError:
-        _run(["shoal", "network", "create", "othernet"], env)
+    _network(client, env, "othernet")
     _run(["shoal", "service", "create", "--name", "probe", "--network", "othernet", "--",
           "sleep", "infinity"], env)
     _wait_running(client, "probe", 1)
@@ -128,11 +134,7 @@ def _control_plane(up: object, env: dict[str, str]) -> None:
 
 def _encryption(client: Client, env: dict[str, str]) -> str:
     _say("An encrypted network: its VXLAN rides inside WireGuard (wireguard-go on every node)")
-    try:
-        client.find("network", "secnet")
-        print("(secnet already exists)")
-    except ShoalError:
-        _run(["shoal", "network", "create", "--opt", "encrypted", "secnet"], env)
+    _network(client, env, "secnet", "--opt", "encrypted")
     _run(["shoal", "service", "create", "--name", "secret", "--replicas", "2", "--network",
           "secnet", "--", "python3", "-c", WHOAMI], env)
     _wait_running(client, "secret", 2)
@@ -194,11 +196,7 @@ def run_demo(name: str, nodes: int) -> int:
     _run(["shoal", "node", "ls"], env)
 
     _say("An overlay network: a bridge and a VXLAN device per node, static FDB and ARP entries")
-    try:
-        client.find("network", "appnet")
-        print("(appnet already exists)")
-    except ShoalError:
-        _run(["shoal", "network", "create", "-d", "overlay", "appnet"], env)
+    _network(client, env, "appnet", "-d", "overlay")
     _run(["shoal", "network", "ls"], env)
 
     _say("A replicated service: 6 tasks, each a process in its own namespace, spread 2/2/2,")
