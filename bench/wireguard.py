@@ -13,12 +13,16 @@ round, so drift hits all three):
     raw-wg      node1's namespace -> node2's namespace over a second, bench-made wireguard-go
                 pair (interfaces bwgraw1/bwgraw2, 10.99.0.1-2/24, MTU 1420, no VXLAN, no
                 bridge, no task namespace): what wireguard-go itself does on this machine
+    raw-wg-tuned  the same with a third pair (bwgtun1/2, 10.98.0.0/24) given what the agent
+                gives its own wireguard-go: RPS on the interface and 4 MiB socket buffers
+                (docs/encryption.md); the like-for-like reference
     plain       client task on node1 -> server task on node2, network `plainnet`: VXLAN over
                 the underlay, no encryption (the ceiling)
 
 Printed: per path the median bits per second and the CPU seconds per GB moved (the client's,
-the server's and every wireguard-go's), and the ratios encrypted/raw-wg (goal >= 0.9) and
-encrypted/plain, each the median over rounds of the ratio within one round.
+the server's and every wireguard-go's), and the ratios to raw-wg, raw-wg-tuned (goal >= 0.9
+for encrypted against both) and plain, each the median over rounds of the ratio within one
+round.
 
 The lab's nodes are closed (`--closed-node`): the node filter drops UDP from peers except the
 cluster's own ports. The raw pair gets through the way any two UDP peers behind stateful
@@ -46,14 +50,19 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  #
 
 from shoal.client import Client  # noqa: E402
 from shoal.dataplane import wg_uapi  # noqa: E402
-from shoal.dataplane.wireguard import private_hex, public_b64  # noqa: E402
+from shoal.dataplane.wireguard import (  # noqa: E402
+    cpu_mask,
+    enlarge_udp_buffers,
+    private_hex,
+    public_b64,
+)
 from shoal.lab import Lab, lab_down, lab_up  # noqa: E402
 
 LAB = "bwg"
 IPERF_PORT = 5201
-RAW_PORT = 51900
-RAW_NET = "10.99.0"
-PATHS = ("encrypted", "raw-wg", "plain")
+RAW = {"raw-wg": ("bwgraw", 51900, "10.99.0", False),  # name, port, net, tuned
+       "raw-wg-tuned": ("bwgtun", 51901, "10.98.0", True)}
+PATHS = ("encrypted", "raw-wg", "raw-wg-tuned", "plain")
 
 
 def log(msg: str) -> None:
@@ -104,11 +113,15 @@ def uapi(ifname: str, text: str) -> str:
     return data.decode()
 
 
-def start_raw_pair(lab: Lab) -> list[subprocess.Popen]:
+def start_raw_pair(lab: Lab, name: str, port: int, net: str,
+                   tuned: bool) -> list[subprocess.Popen]:
+    """Two bench-made wireguard-go interfaces {name}1/{name}2 in node1's and node2's
+    namespaces, {net}.1-2/24. `tuned`: with what shoal's agent does to its own (RPS on the
+    interface, 4 MiB socket buffers), so that the comparison is like for like."""
     procs = []
     keys = [X25519PrivateKey.generate() for _ in (1, 2)]
     for i in (1, 2):
-        ifname, ns = f"{LAB}raw{i}", lab.node(i).netns
+        ifname, ns = f"{name}{i}", lab.node(i).netns
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error")
         procs.append(subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "--",
                                        "wireguard-go", "-f", ifname], env=env,
@@ -116,19 +129,23 @@ def start_raw_pair(lab: Lab) -> list[subprocess.Popen]:
         wait_for(f"{ifname}'s socket", lambda f=ifname: Path(
             f"/var/run/wireguard/{f}.sock").exists(), 10)
     for i in (1, 2):
-        ifname, ns, other = f"{LAB}raw{i}", lab.node(i).netns, 3 - i
+        ifname, ns, other = f"{name}{i}", lab.node(i).netns, 3 - i
         peer_pub = wg_uapi.b64_to_hex(public_b64(keys[other - 1]))
-        dev = wg_uapi.Device(private_hex(keys[i - 1]), RAW_PORT, {peer_pub: wg_uapi.Peer(
-            peer_pub, f"{lab.node(other).addr}:{RAW_PORT}", (f"{RAW_NET}.{other}/32",))})
+        dev = wg_uapi.Device(private_hex(keys[i - 1]), port, {peer_pub: wg_uapi.Peer(
+            peer_pub, f"{lab.node(other).addr}:{port}", (f"{net}.{other}/32",))})
         text = wg_uapi.render_set(None, dev).replace(
             "replace_allowed_ips", "persistent_keepalive_interval=1\nreplace_allowed_ips")
         assert "errno=0" in uapi(ifname, text), f"configuring {ifname}"
-        sh(["ip", "-n", ns, "addr", "add", f"{RAW_NET}.{i}/24", "dev", ifname], check=True)
+        sh(["ip", "-n", ns, "addr", "add", f"{net}.{i}/24", "dev", ifname], check=True)
         sh(["ip", "-n", ns, "link", "set", ifname, "mtu", "1420", "up"], check=True)
+        if tuned:
+            sh(["ip", "netns", "exec", ns, "sh", "-c", f"echo {cpu_mask(os.cpu_count() or 1)}"
+                f" > /sys/class/net/{ifname}/queues/rx-0/rps_cpus"], check=True)
+            enlarge_udp_buffers(procs[i - 1].pid, port)
     # Both ends keep sending (keepalive 1 s) until a handshake gets through both filters.
-    wait_for("the raw pair's handshake", lambda: wg_uapi.parse_get(uapi(
-        f"{LAB}raw1", "get=1\n\n")).peers and all(
-        p.last_handshake for p in wg_uapi.parse_get(uapi(f"{LAB}raw1", "get=1\n\n"))
+    wait_for(f"the {name} pair's handshake", lambda: wg_uapi.parse_get(uapi(
+        f"{name}1", "get=1\n\n")).peers and all(
+        p.last_handshake for p in wg_uapi.parse_get(uapi(f"{name}1", "get=1\n\n"))
         .peers.values()), 30)
     return procs
 
@@ -197,11 +214,12 @@ def main() -> int:
         c.request("POST", "/services/create", service("plainsrv", "plainnet"))
         enc = wait_for("encsrv on both nodes", lambda: tasks_by_node(c, "encsrv"))
         plain = wait_for("plainsrv on both nodes", lambda: tasks_by_node(c, "plainsrv"))
-        raw = start_raw_pair(lab)
         server_ns = lab.node(2).netns
-        raw.append(subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-p",
-                                     str(IPERF_PORT), "-B", f"{RAW_NET}.2"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for name, port, net, tuned in RAW.values():
+            raw += start_raw_pair(lab, name, port, net, tuned)
+            raw.append(subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s",
+                                         "-p", str(IPERF_PORT), "-B", f"{net}.2"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
         def addr(t: dict) -> str:
             return t["NetworksAttachments"][0]["Addresses"][0].split("/")[0]
@@ -209,7 +227,7 @@ def main() -> int:
         targets = {
             "encrypted": (enc["node1"]["Status"]["ContainerStatus"]["ContainerID"],
                           addr(enc["node2"])),
-            "raw-wg": (lab.node(1).netns, f"{RAW_NET}.2"),
+            **{path: (lab.node(1).netns, f"{net}.2") for path, (_, _, net, _) in RAW.items()},
             "plain": (plain["node1"]["Status"]["ContainerStatus"]["ContainerID"],
                       addr(plain["node2"])),
         }
@@ -228,16 +246,18 @@ def main() -> int:
                     f"{cpu / gb:5.2f} CPU s/GB")
         print(f"\niperf3, one TCP stream, {args.seconds} s x {args.rounds} rounds "
               "(medians)\n")
-        print("| path | Gbit/s | CPU s per GB | / raw-wg | / plain |")
-        print("| --- | ---: | ---: | ---: | ---: |")
+        print("| path | Gbit/s | CPU s per GB | / raw-wg | / raw-wg-tuned | / plain |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+
+        def ratio(path: str, base: str) -> float:
+            return statistics.median(a[0] / b[0] for a, b in
+                                     zip(results[path], results[base], strict=True))
+
         for path in PATHS:
-            ratio_raw = statistics.median(a[0] / b[0] for a, b in
-                                          zip(results[path], results["raw-wg"], strict=True))
-            ratio_plain = statistics.median(a[0] / b[0] for a, b in
-                                            zip(results[path], results["plain"], strict=True))
             print(f"| {path} | {statistics.median(r[0] for r in results[path]) / 1e9:.2f} | "
                   f"{statistics.median(r[1] for r in results[path]):.2f} | "
-                  f"{ratio_raw:.2f}x | {ratio_plain:.2f}x |")
+                  f"{ratio(path, 'raw-wg'):.2f}x | {ratio(path, 'raw-wg-tuned'):.2f}x | "
+                  f"{ratio(path, 'plain'):.2f}x |")
     except KeyboardInterrupt:
         log("interrupted")
         return 130

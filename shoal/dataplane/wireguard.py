@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -118,6 +119,96 @@ def _stamp(seconds: float) -> str:
         return ""
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
+
+
+def cpu_mask(cpus: int) -> str:
+    """Every CPU, in sysfs's bitmap format: 32-bit hex words, most significant first
+    (2 CPUs: "3"; 40: "ff,ffffffff")."""
+    mask, words = (1 << cpus) - 1, []
+    while mask:
+        words.append(mask & 0xFFFFFFFF)
+        mask >>= 32
+    words.reverse()
+    return ",".join([f"{words[0]:x}"] + [f"{w:08x}" for w in words[1:]])
+
+
+UDP_BUFFER = 4 << 20  # what later wireguard-go releases ask for themselves (7 MiB)
+SYS_PIDFD_GETFD = 438  # x86_64 and the generic table alike
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+
+
+def enlarge_udp_buffers(pid: int, port: int, size: int = UDP_BUFFER) -> None:
+    """Give wireguard-go's UDP sockets `size` bytes of buffer each way.
+
+    This wireguard-go (v0.0.20220316) leaves its sockets at net.core.rmem_default (208 KiB),
+    which a single TCP stream overflows: a tenth of the packets dropped at the receiving
+    socket (UdpRcvbufErrors), thousands of retransmits a second. Later releases set 7 MiB
+    themselves. rmem_default cannot be raised inside a node's namespace, so the agent takes a
+    copy of each socket with pidfd_getfd(2) and sets SO_RCVBUFFORCE/SO_SNDBUFFORCE on it (the
+    copy and the original are one socket). Performance only: a failure is logged."""
+    inodes: set[str] = set()
+    for table in ("udp", "udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    libc = ctypes.CDLL(None, use_errno=True)
+    done = 0
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:
+        log.warning("cannot size wireguard-go's socket buffers: %s", exc)
+        return
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target[8:-1] not in inodes or not target.startswith("socket:["):
+                    continue
+                mine = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+                if mine < 0:
+                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+                sock = socket.socket(fileno=mine)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+                    sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
+                    done += 1
+                finally:
+                    sock.close()  # our copy only
+    except OSError as exc:
+        log.warning("cannot size wireguard-go's socket buffers: %s", exc)
+    finally:
+        os.close(pidfd)
+    if not done:
+        log.warning("found no UDP socket of wireguard-go (pid %d) on port %d to size", pid,
+                    port)
+
+
+def spread_receive(ifname: str) -> None:
+    """Receive Packet Steering over every CPU for the WireGuard interface.
+
+    wireguard-go hands each decrypted packet to the kernel with a write() on the TUN, and that
+    write runs the whole receive path (VXLAN decapsulation, bridge, veth, the task's TCP) in
+    wireguard-go's one receiving thread: on the encrypted overlay that thread was the
+    bottleneck (0.66x of raw wireguard-go). With RPS the write only queues the packet and
+    another CPU runs the rest (0.93-0.96x, docs/benchmarks.md). RPS is set in sysfs only, and
+    /sys shows the namespace of whoever mounted it (the lab's agents enter their node's
+    network namespace alone), so a private mount namespace mounts a fresh sysfs first.
+    Performance only: a failure is logged, never fatal."""
+    path = f"/sys/class/net/{ifname}/queues/rx-0/rps_cpus"
+    mask = cpu_mask(os.cpu_count() or 1)
+    try:
+        out = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount -t sysfs sysfs /sys && echo "$1" > "$2"', "rps", mask, path],
+            capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("cannot spread %s's receive work over the CPUs: %s", ifname, exc)
+        return
+    if out.returncode != 0:
+        log.warning("cannot spread %s's receive work over the CPUs: %s", ifname,
+                    out.stderr.strip())
 
 class WireGuard:
     def __init__(self, state_dir: Path, port: int = names.WIREGUARD_PORT,
@@ -211,6 +302,11 @@ class WireGuard:
         with self._netlink() as ipr:
             index = self._index(ipr)
             ipr.link("set", index=index, mtu=MTU, state="up")
+        spread_receive(self.ifname)
+        if self._proc is not None:
+            enlarge_udp_buffers(self._proc.pid, self.port)
+
+
 
     async def _supervise(self) -> None:
         delay = RESTART_MIN
