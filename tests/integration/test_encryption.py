@@ -551,3 +551,48 @@ def test_wireguard_go_dies_with_its_agent_even_on_sigkill(world) -> None:
     wait_for("wireguard-go gone", lambda: _shoal_wireguard_go(lab, 2) == [], timeout=5)
     start_agent(lab, 2)
     wait_for("node2's wireguard-go back", lambda: _shoal_wireguard_go(lab, 2), timeout=20)
+
+
+def _wireguard_go_pid(lab: Lab, node: str) -> int:
+    want = os.stat(f"/run/netns/{lab.node(node).netns}").st_ino
+    for pid in subprocess.run(["pgrep", "-x", "wireguard-go"], capture_output=True,
+                              text=True).stdout.split():
+        if os.stat(f"/proc/{pid}/ns/net").st_ino == want:
+            return int(pid)
+    raise AssertionError(f"no wireguard-go in {node}'s namespace")
+
+
+def test_wireguard_go_gets_rps_and_large_socket_buffers(world) -> None:
+    """docs/encryption.md, "Two things the agent does to its wireguard-go"."""
+    import ctypes
+
+    from shoal.dataplane.wireguard import SYS_PIDFD_GETFD, UDP_BUFFER, cpu_mask
+
+    c, lab = world["client"], world["lab"]
+    for node in ("node1", "node2"):
+        ifname = _iface(c, node)
+        rps = subprocess.run(["ip", "netns", "exec", lab.node(node).netns, "cat",
+                              f"/sys/class/net/{ifname}/queues/rx-0/rps_cpus"],
+                             capture_output=True, text=True).stdout.strip()
+        assert rps.lstrip("0,") == cpu_mask(os.cpu_count() or 1).lstrip("0,")
+        pid = _wireguard_go_pid(lab, node)
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(pid)
+        sizes = []
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if not target.startswith("socket:["):
+                    continue
+                mine = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+                with socket.socket(fileno=mine) as sock:
+                    if sock.type == socket.SOCK_DGRAM and sock.family in (socket.AF_INET,
+                                                                          socket.AF_INET6):
+                        sizes.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        finally:
+            os.close(pidfd)
+        # The kernel reports twice what was set (its bookkeeping overhead).
+        assert sizes and all(size >= UDP_BUFFER for size in sizes), (node, sizes)

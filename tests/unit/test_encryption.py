@@ -296,3 +296,12 @@ def test_tasks_of_an_encrypted_network_go_only_where_encryption_is_up(tmp_path) 
     assert view["keys"]["psk"]["generation"] == 1
     assert view["peers"]["n2"]["wg_key"] == _ready(2)["pubkey"]
     assert view["node"]["tunnel_addr"] == "100.64.0.1"
+
+
+@pytest.mark.parametrize("cpus,mask", [(1, "1"), (2, "3"), (4, "f"), (32, "ffffffff"),
+                                       (33, "1,ffffffff"), (40, "ff,ffffffff"),
+                                       (64, "ffffffff,ffffffff")])
+def test_rps_mask_covers_every_cpu_in_sysfs_format(cpus, mask):
+    from shoal.dataplane.wireguard import cpu_mask
+
+    assert cpu_mask(cpus) == mask
