@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from shoal.dataplane.wireguard import (  # noqa: E402
     enlarge_udp_buffers,
     private_hex,
     public_b64,
+    uapi_exchange,
 )
 from shoal.lab import Lab, lab_down, lab_up  # noqa: E402
 
@@ -101,16 +101,7 @@ def tasks_by_node(c: Client, svc: str) -> dict[str, dict] | None:
 
 
 def uapi(ifname: str, text: str) -> str:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(f"/var/run/wireguard/{ifname}.sock")
-        s.sendall(text.encode())
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode()
+    return uapi_exchange(ifname, text.encode())
 
 
 def start_raw_pair(lab: Lab, name: str, port: int, net: str,

@@ -121,6 +121,26 @@ def _stamp(seconds: float) -> str:
 
 
 
+def uapi_exchange(ifname: str, request: bytes) -> str:
+    """One request on wireguard-go's UAPI socket for `ifname`, and its whole answer (which
+    ends with an empty line)."""
+    path = SOCKET_DIR / f"{ifname}.sock"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(UAPI_TIMEOUT)
+            sock.connect(str(path))
+            sock.sendall(request)
+            data = b""
+            while not data.endswith(b"\n\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise KernelError(f"WireGuard control socket {path}: {exc.strerror or exc}") from exc
+    return data.decode()
+
+
 def cpu_mask(cpus: int) -> str:
     """Every CPU, in sysfs's bitmap format: 32-bit hex words, most significant first
     (2 CPUs: "3"; 40: "ff,ffffffff")."""
@@ -367,21 +387,7 @@ class WireGuard:
     # --- UAPI and netlink ---
 
     def _uapi(self, request: bytes) -> str:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(UAPI_TIMEOUT)
-                sock.connect(str(self.socket_path))
-                sock.sendall(request)
-                data = b""
-                while not data.endswith(b"\n\n"):
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-        except OSError as exc:
-            raise KernelError(f"WireGuard control socket {self.socket_path}: "
-                              f"{exc.strerror or exc}") from exc
-        return data.decode()
+        return uapi_exchange(self.ifname, request)
 
     def _set(self, text: str) -> None:
         if not text:

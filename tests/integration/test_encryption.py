@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from shoal.client import Client
+from shoal.dataplane.wireguard import uapi_exchange
 from shoal.lab import Lab, lab_down, lab_up, start_agent, stop_agent
 from tests.conftest import NOT_ROOT, unique_lab_name
 from tests.integration.test_cluster import in_task, netns, tasks_of, wait_for
@@ -339,13 +340,7 @@ def _psk_of(lab: Lab, c: Client, node: int, peer: int) -> str:
 
 
 def _uapi(ifname: str, request: str) -> str:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(f"/var/run/wireguard/{ifname}.sock")
-        s.sendall(request.encode())
-        data = b""
-        while not data.endswith(b"\n\n"):
-            data += s.recv(65536)
-    return data.decode()
+    return uapi_exchange(ifname, request.encode())
 
 
 def _parse_peer(text: str, want: str) -> dict[str, str]:
@@ -557,8 +552,11 @@ def _wireguard_go_pid(lab: Lab, node: str) -> int:
     want = os.stat(f"/run/netns/{lab.node(node).netns}").st_ino
     for pid in subprocess.run(["pgrep", "-x", "wireguard-go"], capture_output=True,
                               text=True).stdout.split():
-        if os.stat(f"/proc/{pid}/ns/net").st_ino == want:
-            return int(pid)
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == want:
+                return int(pid)
+        except FileNotFoundError:
+            continue  # exited since pgrep saw it (another lab's, or one being replaced)
     raise AssertionError(f"no wireguard-go in {node}'s namespace")
 
 
