@@ -25,7 +25,7 @@ from shoal.api.access import CALLER, access_middleware
 from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.manager import Manager
 from shoal.manager.keys import public_cluster
-from shoal.manager.security import REVOCATIONS, ClusterSecurity
+from shoal.manager.security import REVOCATIONS, USERS, ClusterSecurity
 from shoal.model.objects import Obj, network_resource
 
 log = logging.getLogger("shoal.api")
@@ -146,7 +146,7 @@ async def info(request: web.Request) -> web.Response:
             "Nodes": len(nodes), "Managers": len(managers),
             # Docker's ClusterInfo: no join tokens (GET /swarm gives them to admins).
             "Cluster": {k: v for k, v in public_cluster(m.cluster).items()
-                        if k not in ("JoinTokens", REVOCATIONS)},
+                        if k not in ("JoinTokens", REVOCATIONS, USERS)},
         },
     })
 
@@ -154,6 +154,7 @@ async def info(request: web.Request) -> web.Response:
 async def swarm_inspect(request: web.Request) -> web.Response:
     cluster = dict(public_cluster(mgr(request).cluster))
     cluster.pop(REVOCATIONS, None)
+    cluster.pop(USERS, None)
     caller = request.get(CALLER)
     if caller is None or not caller.is_admin or "JoinTokens" not in cluster:
         cluster["JoinTokens"] = {"Worker": "", "Manager": ""}  # tokens are for admins only
@@ -207,6 +208,15 @@ async def renew(request: web.Request) -> web.Response:
 
 async def user_create(request: web.Request) -> web.Response:
     return ok(_security(request).issue_user(await body_json(request)), status=201)
+
+
+async def user_list(request: web.Request) -> web.Response:
+    return ok(_security(request).users())
+
+
+async def user_remove(request: web.Request) -> web.Response:
+    revoked = _security(request).remove_user(request.match_info["id"])
+    return ok({"Revoked": revoked})
 
 
 async def audit_read(request: web.Request) -> web.Response:
@@ -536,6 +546,8 @@ def make_app(manager: Manager) -> web.Application:
     r.add_post(ca.JOIN_PATH, join)
     r.add_post(ca.RENEW_PATH, renew)
     r.add_post("/shoal/v1/users", user_create)
+    r.add_get("/shoal/v1/users", user_list)
+    r.add_delete("/shoal/v1/users/{id}", user_remove)
     r.add_get("/shoal/v1/audit", audit_read)
     return app
 

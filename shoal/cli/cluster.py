@@ -127,6 +127,17 @@ def swarm_addr(client: Client) -> str:
 def cmd_user(args: argparse.Namespace, client: Client) -> int:
     from shoal import ca
 
+    if args.user_cmd == "ls":
+        users = client.get("/shoal/v1/users")
+        print(table(["NAME", "ROLE", "SERIAL", "EXPIRES"],
+                    [[u["Name"], u["Role"], u["Serial"][:16], u["NotAfter"][:19]]
+                     for u in users]))
+        return 0
+    if args.user_cmd == "rm":
+        for name in args.names:
+            revoked = client.request("DELETE", f"/shoal/v1/users/{name}")["Revoked"]
+            print(f"user {name} removed: {revoked} certificate(s) revoked")
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ca.new_key()
@@ -194,6 +205,9 @@ def add_parsers(sub: Any) -> None:
     uc.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
     uc.add_argument("--out", required=True, metavar="DIR",
                     help="where to write key.pem, cert.pem, ca.pem (docker's names)")
+    usub.add_parser("ls", help="user certificates issued and not revoked")
+    usub.add_parser("rm", help="revoke every certificate of the users, at once"
+                    ).add_argument("names", nargs="+")
     user.set_defaults(api=cmd_user)
 
     audit = sub.add_parser("audit", help="who changed what, when, and the outcome")

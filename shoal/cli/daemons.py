@@ -64,14 +64,25 @@ async def run_manager(state_dir: str, socket_path: str, listen: str,
     log.info("manager up: unix://%s and %s (mutual TLS)", socket_path, listen)
     loop_task = asyncio.create_task(manager.run())
     renewal = asyncio.create_task(_renew_own_certificate(security, ctx))
+    pruning = asyncio.create_task(_prune_revocations(security))
     try:
         await _until_signalled()
     finally:
         loop_task.cancel()
         renewal.cancel()
+        pruning.cancel()
         await runner.cleanup()
         audit.close()
         store.close()
+
+
+async def _prune_revocations(security: ClusterSecurity) -> None:
+    """Expired certificates need no revocation entry: drop them at start and once a day."""
+    from shoal.manager.security import PRUNE_EVERY
+
+    while True:
+        security.prune()
+        await asyncio.sleep(PRUNE_EVERY)
 
 
 async def _renew_own_certificate(security: ClusterSecurity, ctx: ssl.SSLContext) -> None:

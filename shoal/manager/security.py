@@ -13,7 +13,7 @@ import copy
 import logging
 import os
 import ssl
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ log = logging.getLogger("shoal.manager.security")
 
 CA_DIR, TLS_DIR = "ca", "tls"
 REVOCATIONS = "ShoalRevocations"  # Cluster field; not Docker's, stripped for non-admins
+USERS = "ShoalUsers"  # Cluster field: the user certificates issued (no keys), for revocation
+PRUNE_EVERY = 24 * 3600.0  # seconds between prunes of expired revocations
 ROLE_LEVEL = {ca.VIEWER: 0, ca.OPERATOR: 1, ca.ADMIN: 2}
 
 
@@ -266,13 +268,49 @@ class ClusterSecurity:
             cluster["Spec"]["CAConfig"]["NodeCertExpiry"] = int(ns)
             tx.update("cluster", cluster)
 
+    # --- users (RBAC) ---
+
+    def users(self) -> list[Obj]:
+        """Every user certificate issued and not revoked: name, role, serial, expiry."""
+        return list(self.store.list("cluster")[0].get(USERS) or [])
+
     def issue_user(self, body: Any) -> dict[str, str]:
-        """POST /shoal/v1/users: a client certificate for an API user (RBAC)."""
+        """POST /shoal/v1/users: a client certificate for an API user, recorded so that
+        `shoal user rm` can revoke it."""
         if not isinstance(body, dict) or not all(isinstance(body.get(k), str)
                                                   for k in ("name", "role", "csr")):
             raise InvalidArgument('a user request is {"name", "role", "csr"}')
         if body["role"] not in ROLE_LEVEL:
             raise InvalidArgument(f"unknown role {body['role']!r}: viewer, operator or admin")
         cert = self.authority.issue_user(body["csr"], body["name"], body["role"])
+        ident = ca.identity_of(cert)
+        record = {"Name": ident.name, "Role": ident.role, "Serial": f"{ident.serial:x}",
+                  "CreatedAt": now(), "NotAfter": ident.not_after.isoformat()}
+        self._save_cluster(**{USERS: [*self.users(), record]})
         log.info("issued a %s certificate to user %s", body["role"], body["name"])
         return {"cert": ca.cert_pem(cert).decode(), "ca": self.authority.root.cert_pem.decode()}
+
+    def remove_user(self, name: str) -> int:
+        """DELETE /shoal/v1/users/{name}: revoke every certificate the user holds, at once."""
+        mine = [u for u in self.users() if u["Name"] == name]
+        if not mine:
+            raise NotFound(f"user {name} not found")
+        for user in mine:
+            self.authority.revocations.revoke_serial(
+                int(user["Serial"], 16), until=datetime.fromisoformat(user["NotAfter"]),
+                reason=f"user {name} removed")
+        self._save_cluster(**{USERS: [u for u in self.users() if u["Name"] != name],
+                              REVOCATIONS: self.authority.revocations.to_dict()})
+        log.warning("user %s removed: %d certificate(s) revoked", name, len(mine))
+        return len(mine)
+
+    def prune(self) -> None:
+        """Forget revocations and users whose certificates have expired (expiry refuses them
+        anyway); node ids stay revoked for good."""
+        at = datetime.now(UTC)
+        before = self.authority.revocations.to_dict()
+        self.authority.revocations.prune(at)
+        users = [u for u in self.users() if datetime.fromisoformat(u["NotAfter"]) >= at]
+        if self.authority.revocations.to_dict() != before or users != self.users():
+            self._save_cluster(**{USERS: users,
+                                  REVOCATIONS: self.authority.revocations.to_dict()})

@@ -242,6 +242,13 @@ def test_rbac_roles_and_the_audit_log(lab, tmp_path):
     status, _ = call(lab, operator, "GET", "/shoal/v1/audit")
     assert status == 403
 
+    # `shoal user rm` revokes at once: the next request with that certificate is refused.
+    assert "otto" in shoal(lab, "user", "ls").stdout
+    shoal(lab, "user", "rm", "otto")
+    status, body = call(lab, operator, "GET", "/v1.47/services")
+    assert status == 401 and "user otto removed" in body["message"]
+    assert "otto" not in shoal(lab, "user", "ls").stdout
+
 
 def test_promote_and_demote_reissue_the_certificate(lab):
     tls = lab.node_state_dir("node3") / "tls"

@@ -2,7 +2,7 @@
 the audit log, without a lab: what is persisted, what is refused, who may call what."""
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -236,3 +236,33 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(InvalidArgument):
         parse_duration(text)
+
+
+def test_removing_a_user_revokes_its_certificates_and_pruning_forgets_expired_ones(
+        security, tmp_path):
+    csr = ca.make_csr(ca.new_key()).decode()
+    first = security.issue_user({"name": "alice", "role": "viewer", "csr": csr})
+    second = security.issue_user({"name": "alice", "role": "admin", "csr": csr})
+    security.issue_user({"name": "bob", "role": "viewer", "csr": csr})
+    assert [u["Name"] for u in security.users()] == ["alice", "alice", "bob"]
+    assert security.remove_user("alice") == 2
+    for answer in (first, second):
+        with pytest.raises(ca.CertificateRevoked, match="user alice removed"):
+            security.trust.verify(ca.load_cert(answer["cert"].encode()))
+    assert [u["Name"] for u in security.users()] == ["bob"]
+    with pytest.raises(NotFound):
+        security.remove_user("alice")
+    # Stored: a restarted manager refuses them too.
+    again = ClusterSecurity.load(security.store, tmp_path, ADVERTISE)
+    with pytest.raises(ca.CertificateRevoked):
+        again.trust.verify(ca.load_cert(first["cert"].encode()))
+    # Once expired, neither the revocations nor the user records are needed.
+    cluster = security.store.list("cluster")[0]
+    expired = {**cluster, "ShoalUsers": [{**u, "NotAfter": "2020-01-01T00:00:00+00:00"}
+                                         for u in cluster["ShoalUsers"]]}
+    with security.store.tx() as tx:
+        tx.update("cluster", expired)
+    for serial in list(security.authority.revocations.serials):
+        security.authority.revocations.serials[serial] = datetime(2020, 1, 1, tzinfo=UTC)
+    security.prune()
+    assert security.users() == [] and not security.authority.revocations.serials
